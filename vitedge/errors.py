@@ -1,0 +1,45 @@
+"""One small error family. Each error knows its exit code; the CLI prints its message once."""
+
+from __future__ import annotations
+
+
+class VitedgeError(Exception):
+    """Base error: the message says what went wrong and what to do about it."""
+
+    exit_code = 4
+
+
+class GateFailed(VitedgeError):
+    """One or more bench gates failed."""
+
+    exit_code = 1
+
+
+class BadInput(VitedgeError):
+    """The user gave something we cannot use (a path, a flag value, a model spec)."""
+
+    exit_code = 2
+
+
+class IncompatibleArtifact(BadInput):
+    """An artifact whose hashes, versions or hardware do not match what it was built for."""
+
+    exit_code = 2
+
+
+class EnvironmentProblem(VitedgeError):
+    """A backend or dependency is missing or unusable on this machine."""
+
+    exit_code = 3
+
+
+class ExportFailed(VitedgeError):
+    """torch -> ONNX conversion or its parity check failed."""
+
+    exit_code = 4
+
+
+class CompileFailed(VitedgeError):
+    """A backend build failed."""
+
+    exit_code = 4

@@ -1,0 +1,168 @@
+"""torch -> validated ONNX: export, structural checks, and parity against PyTorch FP32."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitedge import ui
+from vitedge.data import INPUT_NAME, load_tensors, open_image_set, random_inputs
+from vitedge.envinfo import hardware, tool_versions
+from vitedge.errors import BadInput, ExportFailed
+from vitedge.fsutil import atomic_dir
+from vitedge.manifest import Manifest
+from vitedge.models import LoadedModel
+from vitedge.onnx_utils import default_opset, has_decomposed_layernorm, io_signature, op_counts
+from vitedge.validate.metrics import compare_logits
+
+OUTPUT_NAME = "logits"
+MIN_OPSET = 17
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB
+PARITY_COSINE_MIN = 0.9999
+
+
+def torch_logits(module: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """PyTorch FP32 reference logits, in batches, without autograd."""
+    import torch
+
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            outs.append(module(torch.from_numpy(x[i:i + batch_size])).float().numpy())
+    return np.concatenate(outs)
+
+
+def _export_onnx(loaded: LoadedModel, path: Path, opset: int, batch: int | None) -> str:
+    """Run the torch exporter; returns which exporter was used."""
+    import torch
+
+    h, w = loaded.preprocessing.input_size
+    dummy_batch = batch or loaded.static_batch or 2  # >1 so dynamo keeps the dim symbolic
+    x = torch.randn(dummy_batch, 3, h, w)
+    n_params = sum(p.numel() for p in loaded.module.parameters()) if hasattr(loaded.module, "parameters") else 0
+    external = n_params * 4 > EXTERNAL_DATA_BYTES
+    dynamic = batch is None and loaded.static_batch is None
+    if loaded.exporter == "torchscript":
+        torch.onnx.export(
+            loaded.module, (x,), str(path), dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None,
+        )
+        return "torchscript"
+    target = loaded.details.get("export_target", loaded.module)
+    kwargs: dict[str, Any] = {}
+    if dynamic and target is loaded.module:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    torch.onnx.export(
+        target, (x,), str(path), dynamo=True, opset_version=opset, external_data=external,
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False, **kwargs,
+    )
+    return "dynamo"
+
+
+def check_onnx(path: Path) -> dict[str, Any]:
+    """onnx.checker (full) + shape inference, and the structure facts backends care about."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True, strict_mode=False)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportFailed(f"the exported ONNX is invalid: {str(exc).splitlines()[0]}") from exc
+    model = onnx.load(str(path), load_external_data=False)
+    ops = op_counts(model)
+    return {
+        "opset": default_opset(model),
+        "ir_version": model.ir_version,
+        "nodes": len(model.graph.node),
+        "layernorm_fused": ops.get("LayerNormalization", 0),
+        "layernorm_decomposed": has_decomposed_layernorm(model),
+        "ops": ops,
+        "io": io_signature(model),
+    }
+
+
+def parity(loaded: LoadedModel, onnx_path: Path, data: str | None, images: int,
+           random_count: int = 8) -> dict[str, Any]:
+    """ORT (CPU) vs PyTorch FP32 on seeded random inputs and, with --data, on real images."""
+    from vitedge.backends.onnxruntime import OrtRunner
+
+    results: dict[str, Any] = {}
+    batch = loaded.static_batch
+    with OrtRunner(onnx_path) as runner:
+        x = random_inputs(loaded.preprocessing, batch or random_count)
+        results["random"] = compare_logits(torch_logits(loaded.module, x, batch or 32),
+                                           runner.infer_all(x, batch or 32))
+        if data:
+            image_set = open_image_set(data, loaded.labels).subset(images, seed=0)
+            tensors = load_tensors(image_set, loaded.preprocessing, description="parity images")
+            x = tensors.x
+            if batch:  # static-batch models: trim to whole batches
+                x = x[: max(batch, len(x) - len(x) % batch)]
+            results["images"] = compare_logits(torch_logits(loaded.module, x, batch or 32),
+                                               runner.infer_all(x, batch or 32),
+                                               tensors.labels[: len(x)] if tensors.labels is not None else None)
+            results["images"]["source"] = str(data)
+    return results
+
+
+def export_model(loaded: LoadedModel, out_dir: str | Path, *, opset: int = 18,
+                 batch: str | int = "dynamic", data: str | None = None, atol: float = 1e-3,
+                 parity_images: int = 256) -> Manifest:
+    """Export LOADED to OUT_DIR/model.onnx + vitedge.json, atomically; fail on parity misses."""
+    if opset < MIN_OPSET:
+        raise BadInput(f"opset {opset} is too old: ViTs need >= {MIN_OPSET} for a fused "
+                       "LayerNormalization (TensorRT/FP16 overflow otherwise)")
+    fixed_batch = None if batch == "dynamic" else int(batch)
+    if fixed_batch is not None and fixed_batch < 1:
+        raise BadInput(f"--batch must be 'dynamic' or a positive integer, got {batch}")
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        onnx_path = tmp / "model.onnx"
+        start = time.perf_counter()
+        with ui.Step(f"exporting {loaded.spec} to ONNX (opset {opset})"):
+            try:
+                exporter = _export_onnx(loaded, onnx_path, opset, fixed_batch)
+            except BadInput:
+                raise
+            except Exception as exc:  # noqa: BLE001 - exporter errors are many and deep
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ExportFailed(f"torch.onnx.export failed for {loaded.spec}: {first} "
+                                   "(run with --debug for the traceback)") from exc
+        export_s = time.perf_counter() - start
+        facts = check_onnx(onnx_path)
+        if facts["layernorm_decomposed"]:
+            ui.warn("LayerNorm was exported decomposed; FP16 backends may overflow")
+        with ui.Step("checking parity: ONNX Runtime vs PyTorch FP32"):
+            par = parity(loaded, onnx_path, data, parity_images)
+        worst = max(r["max_abs_err"] for r in par.values())
+        cos = min(r["cosine_min"] for r in par.values())
+        par["tolerance"] = {"max_abs_err": atol, "cosine_min": PARITY_COSINE_MIN}
+        par["passed"] = worst <= atol and cos >= PARITY_COSINE_MIN
+        if not par["passed"]:
+            raise ExportFailed(
+                f"parity check failed: ONNX Runtime differs from PyTorch by max abs {worst:.3g} "
+                f"(tolerance {atol:g}), cosine {cos:.6f}; the export is not faithful "
+                "(try another --opset, or --atol if this drift is acceptable)"
+            )
+        manifest = Manifest.new(
+            "export",
+            source=loaded.describe(),
+            preprocessing=loaded.preprocessing.to_dict(),
+            labels=loaded.labels,
+            num_classes=loaded.num_classes,
+            io=facts.pop("io"),
+            onnx={"file": "model.onnx", "exporter": exporter, "export_seconds": round(export_s, 2),
+                  "dynamic_batch": fixed_batch is None and loaded.static_batch is None,
+                  "batch": fixed_batch or loaded.static_batch, **facts},
+            target="onnx",
+            precision="fp32",
+            parity=par,
+            tools=tool_versions(),
+            hardware=hardware(),
+        )
+        manifest.save(tmp)
+    return manifest

@@ -1,0 +1,184 @@
+"""The model-source registry and what every source returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitedge.errors import BadInput, EnvironmentProblem
+from vitedge.preprocessing import Preprocessing
+
+
+@dataclass
+class LoadedModel:
+    """An image classifier ready to export or to serve as the FP32 reference."""
+
+    module: Any  # torch.nn.Module (eval mode) returning logits [batch, classes]
+    spec: str
+    source: str
+    preprocessing: Preprocessing
+    num_classes: int
+    labels: list[str] | None = None
+    weights_path: str | None = None
+    weights_sha256: str | None = None
+    static_batch: int | None = None  # set when the source cannot take a dynamic batch
+    exporter: str = "dynamo"  # "dynamo" or "torchscript" (ScriptModules)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "source": self.source,
+            "num_classes": self.num_classes,
+            "weights": self.weights_path,
+            "weights_sha256": self.weights_sha256,
+            **self.details,
+        }
+
+
+@dataclass
+class ModelRequest:
+    """What the user asked for (CLI flags / recipe keys)."""
+
+    spec: str
+    weights: Path | None = None
+    num_classes: int | None = None
+    img_size: int | None = None
+    labels: list[str] | None = None
+
+
+SourceFn = Callable[[str, ModelRequest], LoadedModel]
+_SOURCES: dict[str, SourceFn] = {}
+
+
+def register_source(prefix: str) -> Callable[[SourceFn], SourceFn]:
+    def deco(fn: SourceFn) -> SourceFn:
+        _SOURCES[prefix] = fn
+        return fn
+
+    return deco
+
+
+def source_names() -> list[str]:
+    from vitedge.models import sources  # noqa: F401  (registers)
+
+    return sorted(_SOURCES)
+
+
+def resolve_source(spec: str) -> tuple[str, str]:
+    """Split a MODEL spec into (source, rest)."""
+    path = Path(spec)
+    if spec.endswith(".pt2"):
+        return "pt2", spec
+    if path.suffix in (".pt", ".ts", ".torchscript", ".jit") and ":" not in spec:
+        return "torchscript", spec
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in ("timm", "torchvision", "hf", "demo"):
+        return prefix, rest
+    if sep and rest and prefix.replace(".", "").replace("_", "").isalnum():
+        return "factory", spec
+    if path.is_dir() and (path / "config.json").is_file():
+        return "hf", spec
+    raise BadInput(
+        f"unknown model spec {spec!r}: use timm:<arch>, torchvision:<arch>, hf:<dir>, "
+        "a .pt2 or TorchScript file, package.module:factory, or demo:digits"
+    )
+
+
+def load_model(
+    spec: str,
+    weights: str | Path | None = None,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    labels: list[str] | None = None,
+) -> LoadedModel:
+    """Load MODEL spec + weights into an eval-mode classifier and check it is one."""
+    from vitedge.models import sources  # noqa: F401  (registers)
+
+    if weights is not None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise BadInput(f"weights file {weights} does not exist")
+    if num_classes is not None and num_classes < 1:
+        raise BadInput(f"--num-classes must be positive, got {num_classes}")
+    if img_size is not None and not 8 <= img_size <= 4096:
+        raise BadInput(f"--img-size must be between 8 and 4096, got {img_size}")
+    source, rest = resolve_source(spec)
+    request = ModelRequest(spec, weights, num_classes, img_size, labels)
+    try:
+        loaded = _SOURCES[source](rest, request)
+    except ImportError as exc:
+        raise EnvironmentProblem(
+            f"model source {source!r} needs a missing package ({exc.name or exc}): "
+            f"pip install {'vitedge[hf]' if source == 'hf' else exc.name}"
+        ) from exc
+    loaded.module.eval()
+    loaded.details["request"] = {  # replayed by the PyTorch reference runner
+        "spec": spec, "weights": str(weights) if weights else None,
+        "num_classes": num_classes, "img_size": img_size,
+    }
+    if labels is not None:
+        if len(labels) != loaded.num_classes:
+            raise BadInput(
+                f"--labels has {len(labels)} labels but the model has {loaded.num_classes} classes"
+            )
+        loaded.labels = labels
+    probe_classifier(loaded)
+    return loaded
+
+
+def probe_classifier(loaded: LoadedModel) -> None:
+    """Run one forward pass: the output must be logits [batch, classes] for this input size."""
+    import torch
+
+    h, w = loaded.preprocessing.input_size
+    batch = loaded.static_batch or 2
+    x = torch.randn(batch, 3, h, w)
+    try:
+        with torch.inference_mode():
+            out = loaded.module(x)
+    except Exception as exc:  # noqa: BLE001 - any failure here means a bad size or model
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(
+            f"{loaded.spec} does not accept input of shape {list(x.shape)} ({first}); "
+            "check --img-size against the model"
+        ) from exc
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BadInput(
+            f"{loaded.spec} is not an image classifier: it returns {shape}, "
+            "vitedge needs logits of shape [batch, classes]"
+        )
+    if out.shape[1] != loaded.num_classes:
+        loaded.num_classes = int(out.shape[1])
+        if loaded.labels is not None and len(loaded.labels) != loaded.num_classes:
+            loaded.labels = None
+
+
+def parse_labels(path: str | Path) -> list[str]:
+    """A labels file: one label per line (txt), a JSON list, or a JSON {index: label} map."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"labels file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"labels file {path} is not valid JSON: {exc}") from exc
+        if isinstance(data, dict):
+            try:
+                return [str(data[k]) for k in sorted(data, key=int)]
+            except ValueError as exc:
+                raise BadInput(f"labels file {path}: keys must be class indices") from exc
+        if isinstance(data, list):
+            return [str(x) for x in data]
+        raise BadInput(f"labels file {path} must hold a list or an {{index: label}} map")
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise BadInput(f"labels file {path} is empty")
+    return labels

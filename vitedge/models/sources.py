@@ -1,0 +1,306 @@
+"""One function per model source; each declares the preprocessing its model's config implies."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+from vitedge.errors import BadInput
+from vitedge.fsutil import sha256_file
+from vitedge.models.base import LoadedModel, ModelRequest, register_source
+from vitedge.models.weights import apply_state_dict, classifier_width, read_state_dict
+from vitedge.preprocessing import Preprocessing
+
+DEFAULT_SIZE = 224
+
+
+def _default_preprocessing(img_size: int | None) -> Preprocessing:
+    size = img_size or DEFAULT_SIZE
+    return Preprocessing(input_size=(size, size), crop_pct=0.875, interpolation="bilinear",
+                         extra={"origin": "vitedge default (ImageNet); the model declares none"})
+
+
+def _timm_preprocessing(model: Any, img_size: int | None) -> Preprocessing:
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    _, h, w = cfg["input_size"]
+    if img_size:
+        h = w = img_size
+    interp = cfg.get("interpolation", "bicubic")
+    return Preprocessing(
+        input_size=(h, w), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        interpolation=interp if interp != "random" else "bicubic",
+        crop_mode="center" if cfg.get("crop_mode", "center") == "center" else cfg["crop_mode"],
+        extra={"origin": "timm pretrained_cfg"},
+    )
+
+
+@register_source("timm")
+def load_timm(arch: str, req: ModelRequest) -> LoadedModel:
+    import timm
+
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else " See `timm.list_models()`."
+        raise BadInput(f"unknown timm model {arch!r}.{hint}")
+    state = read_state_dict(req.weights) if req.weights else None
+    num_classes = req.num_classes or (classifier_width(state) if state else None)
+    kwargs: dict[str, Any] = {}
+    if num_classes:
+        kwargs["num_classes"] = num_classes
+    if req.img_size:
+        kwargs["img_size"] = req.img_size
+    try:
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+    except (TypeError, AssertionError, ValueError) as exc:
+        raise BadInput(f"timm cannot build {arch} with {kwargs}: {exc}") from exc
+    sha = None
+    if state is not None:
+        # timm's own filter resizes position embeddings when --img-size differs.
+        filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+        if filter_fn is not None:
+            try:
+                state = filter_fn(state, model)
+            except Exception:  # noqa: BLE001 - fall through to the strict check's message
+                pass
+        sha = apply_state_dict(model, state, f"timm:{arch}", req.weights)
+    return LoadedModel(
+        module=model, spec=f"timm:{arch}", source="timm",
+        preprocessing=_timm_preprocessing(model, req.img_size),
+        num_classes=model.num_classes, labels=None,
+        weights_path=str(req.weights) if req.weights else None, weights_sha256=sha,
+        details={"arch": arch, "timm_version": timm.__version__},
+    )
+
+
+@register_source("demo")
+def load_demo(name: str, req: ModelRequest) -> LoadedModel:
+    from vitedge.models import demo
+
+    if name != "digits":
+        raise BadInput(f"unknown demo model demo:{name}; the built-in demo is demo:digits")
+    if req.img_size and req.img_size != demo.DEMO_IMAGE_SIZE:
+        raise BadInput(f"demo:digits takes {demo.DEMO_IMAGE_SIZE}x{demo.DEMO_IMAGE_SIZE} input, "
+                       f"not --img-size {req.img_size}")
+    model = demo.build_demo_model()
+    weights = req.weights or demo.DEMO_WEIGHTS
+    if not weights.is_file():
+        raise BadInput(f"demo weights {weights} are missing; run scripts/train_demo.py")
+    sha = apply_state_dict(model, read_state_dict(weights), "demo:digits", weights)
+    return LoadedModel(
+        module=model, spec="demo:digits", source="demo", preprocessing=demo.DEMO_PREPROCESSING,
+        num_classes=10, labels=list(demo.DEMO_LABELS), weights_path=str(weights),
+        weights_sha256=sha, details={"arch": "vit (timm VisionTransformer)", "config": demo.DEMO_ARCH},
+    )
+
+
+@register_source("torchvision")
+def load_torchvision(arch: str, req: ModelRequest) -> LoadedModel:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise BadInput(f"unknown torchvision model {arch!r}.{hint}")
+    state = read_state_dict(req.weights) if req.weights else None
+    num_classes = req.num_classes or (classifier_width(state) if state else None) or 1000
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if req.img_size and arch.startswith("vit_"):
+        kwargs["image_size"] = req.img_size
+    model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    sha = apply_state_dict(model, state, f"torchvision:{arch}", req.weights) if state else None
+    pre, labels = _torchvision_preprocessing(arch, req.img_size)
+    return LoadedModel(
+        module=model, spec=f"torchvision:{arch}", source="torchvision", preprocessing=pre,
+        num_classes=num_classes, labels=labels if num_classes == len(labels or []) else None,
+        weights_path=str(req.weights) if req.weights else None, weights_sha256=sha,
+        details={"arch": arch, "torchvision_version": torchvision.__version__},
+    )
+
+
+def _torchvision_preprocessing(arch: str, img_size: int | None) -> tuple[Preprocessing, list[str] | None]:
+    """Read the eval transform torchvision documents for this arch's default weights."""
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return _default_preprocessing(img_size), None
+    tf = weights.transforms()
+    crop = int(tf.crop_size[0])
+    resize = int(tf.resize_size[0])
+    size = img_size or crop
+    pre = Preprocessing(
+        input_size=(size, size), mean=tuple(tf.mean), std=tuple(tf.std),
+        crop_pct=min(1.0, crop / resize), resize_size=round(size * resize / crop),
+        interpolation=tf.interpolation.value, extra={"origin": f"torchvision {weights}"},
+    )
+    return pre, list(weights.meta.get("categories") or []) or None
+
+
+class HFLogits:
+    """Wraps a transformers image classifier so forward(x) returns the logits tensor."""
+
+    def __new__(cls, hf_model: Any) -> Any:
+        import torch
+
+        class _Wrapper(torch.nn.Module):
+            def __init__(self, inner: Any) -> None:
+                super().__init__()
+                self.model = inner
+
+            def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+                return self.model(pixel_values=pixel_values).logits
+
+        return _Wrapper(hf_model)
+
+
+_HF_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+@register_source("hf")
+def load_hf(directory: str, req: ModelRequest) -> LoadedModel:
+    path = Path(directory)
+    if not (path / "config.json").is_file():
+        raise BadInput(f"hf:{directory} is not a Hugging Face model folder (no config.json)")
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    try:
+        model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True)
+    except (ValueError, KeyError) as exc:
+        raise BadInput(
+            f"hf:{directory} ({config.model_type}) is not an image-classification model: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+    if req.weights:
+        apply_state_dict(model, read_state_dict(req.weights), f"hf:{directory}", req.weights)
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    sha = sha256_file(req.weights) if req.weights else (sha256_file(files[0]) if len(files) == 1 else None)
+    labels = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else None
+    if labels and all(lbl == f"LABEL_{i}" for i, lbl in enumerate(labels)):
+        labels = None
+    return LoadedModel(
+        module=HFLogits(model), spec=f"hf:{directory}", source="hf",
+        preprocessing=_hf_preprocessing(path, config, req.img_size),
+        num_classes=config.num_labels, labels=labels,
+        weights_path=str(req.weights or (files[0] if files else path)), weights_sha256=sha,
+        details={"model_type": config.model_type, "architectures": config.architectures},
+    )
+
+
+def _hf_preprocessing(path: Path, config: Any, img_size: int | None) -> Preprocessing:
+    cfg_path = path / "preprocessor_config.json"
+    if not cfg_path.is_file():
+        size = img_size or getattr(config, "image_size", DEFAULT_SIZE)
+        return _default_preprocessing(size)
+    cfg = json.loads(cfg_path.read_text())
+    size = cfg.get("size", {})
+    if isinstance(size, int):
+        size = {"shortest_edge": size}
+    mean = tuple(cfg.get("image_mean", (0.5, 0.5, 0.5)))
+    std = tuple(cfg.get("image_std", (0.5, 0.5, 0.5)))
+    interp = _HF_RESAMPLE.get(cfg.get("resample", 2), "bilinear")
+    common = dict(mean=mean, std=std, interpolation=interp,
+                  scale=float(cfg.get("rescale_factor", 1 / 255)),
+                  extra={"origin": "preprocessor_config.json"})
+    if "height" in size:  # ViTImageProcessor: resize straight to HxW, no crop
+        h, w = (img_size, img_size) if img_size else (size["height"], size["width"])
+        return Preprocessing(input_size=(h, w), crop_pct=1.0, crop_mode="squash", **common)
+    edge = size.get("shortest_edge", DEFAULT_SIZE)
+    crop = cfg.get("crop_size", {"height": edge}) if cfg.get("do_center_crop") else {"height": edge}
+    crop_h = img_size or int(crop.get("height", edge))
+    return Preprocessing(input_size=(crop_h, crop_h), crop_pct=min(1.0, crop_h / edge),
+                         resize_size=edge, **common)
+
+
+@register_source("pt2")
+def load_pt2(file: str, req: ModelRequest) -> LoadedModel:
+    import torch
+
+    path = Path(file)
+    if not path.is_file():
+        raise BadInput(f"{file} does not exist")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise BadInput(f"{file} is not a torch.export program (.pt2): {str(exc).splitlines()[0]}") from exc
+    shape = _pt2_input_shape(program)
+    if shape is None or len(shape) != 4:
+        raise BadInput(f"{file}: expected one image input [N, 3, H, W], found {shape}")
+    batch, _, h, w = shape
+    static = batch if isinstance(batch, int) else None
+    if req.img_size and (isinstance(h, int) and h != req.img_size):
+        raise BadInput(f"{file} was exported for {h}x{w} input, not --img-size {req.img_size}")
+    size = h if isinstance(h, int) else (req.img_size or DEFAULT_SIZE)
+    return LoadedModel(
+        module=program.module(), spec=str(path), source="pt2",
+        preprocessing=_default_preprocessing(size), num_classes=req.num_classes or 0,
+        weights_path=str(path), weights_sha256=sha256_file(path), static_batch=static,
+        details={"export_target": program, "dynamic_batch": static is None},
+    )
+
+
+def _pt2_input_shape(program: Any) -> list | None:
+    user_inputs = list(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs[:1]:
+            val = node.meta.get("val")
+            if val is not None:
+                return [int(d) if str(d).isdigit() else str(d) for d in val.shape]
+    return None
+
+
+@register_source("torchscript")
+def load_torchscript(file: str, req: ModelRequest) -> LoadedModel:
+    import torch
+
+    path = Path(file)
+    if not path.is_file():
+        raise BadInput(f"{file} does not exist")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001
+        raise BadInput(f"{file} is not a TorchScript file: {str(exc).strip().splitlines()[0]}") from exc
+    return LoadedModel(
+        module=module, spec=str(path), source="torchscript",
+        preprocessing=_default_preprocessing(req.img_size), num_classes=req.num_classes or 0,
+        weights_path=str(path), weights_sha256=sha256_file(path), exporter="torchscript",
+    )
+
+
+@register_source("factory")
+def load_factory(spec: str, req: ModelRequest) -> LoadedModel:
+    module_name, _, attr = spec.partition(":")
+    try:
+        mod = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BadInput(f"cannot import {module_name!r} for model spec {spec!r}: {exc}") from exc
+    factory = getattr(mod, attr, None)
+    if not callable(factory):
+        raise BadInput(f"{module_name} has no callable {attr!r}")
+    params = inspect.signature(factory).parameters
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    state = read_state_dict(req.weights) if req.weights else None
+    kwargs: dict[str, Any] = {}
+    num_classes = req.num_classes or (classifier_width(state) if state else None)
+    if num_classes and ("num_classes" in params or takes_kwargs):
+        kwargs["num_classes"] = num_classes
+    if req.img_size and ("img_size" in params or takes_kwargs):
+        kwargs["img_size"] = req.img_size
+    model = factory(**kwargs)
+    sha = apply_state_dict(model, state, spec, req.weights) if state is not None else None
+    pre = (_timm_preprocessing(model, req.img_size) if hasattr(model, "pretrained_cfg")
+           else _default_preprocessing(req.img_size))
+    return LoadedModel(
+        module=model, spec=spec, source="factory", preprocessing=pre,
+        num_classes=num_classes or 0, weights_path=str(req.weights) if req.weights else None,
+        weights_sha256=sha, details={"factory": spec},
+    )

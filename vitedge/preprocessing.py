@@ -1,0 +1,148 @@
+"""The single preprocessing path: raw image -> normalized NCHW float32.
+
+It reproduces timm's/torchvision's eval transform (shortest-side resize by crop_pct,
+centre crop, /255, normalize) with PIL and NumPy only, so device apps need no torch.
+Calibration, validation, bench and the runtime all call `preprocess_image`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vitedge.errors import BadInput
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_PIL_INTERPOLATION = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the model expects; recorded once in the manifest and read back everywhere."""
+
+    input_size: tuple[int, int] = (224, 224)  # (H, W)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    resize_size: int | None = None  # shortest side before cropping; None: from crop_pct
+    crop_mode: str = "center"  # "center" (timm/torchvision) or "squash" (resize to HxW)
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+    scale: float = 1.0 / 255.0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _PIL_INTERPOLATION:
+            raise BadInput(
+                f"unknown interpolation {self.interpolation!r}; "
+                f"use one of {', '.join(_PIL_INTERPOLATION)}"
+            )
+        if self.crop_mode not in ("center", "squash"):
+            raise BadInput(f"unknown crop_mode {self.crop_mode!r}; use center or squash")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise BadInput(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    @property
+    def scale_size(self) -> int:
+        """Shortest side after the resize (timm: floor(size / crop_pct))."""
+        if self.resize_size is not None:
+            return int(self.resize_size)
+        return int(math.floor(max(self.input_size) / self.crop_pct))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        d["resize_size"] = self.scale_size
+        if not d["extra"]:
+            d.pop("extra")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        for key in ("input_size", "mean", "std"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+    def replace(self, **changes: Any) -> "Preprocessing":
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d.update({k: v for k, v in changes.items() if v is not None})
+        return Preprocessing(**d)
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Open an image file as RGB (grayscale, palette and RGBA are converted)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadInput(f"cannot decode image {path}: {exc}") from exc
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "P") or "transparency" in img.info:
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def preprocess_image(img: Image.Image, pre: Preprocessing) -> np.ndarray:
+    """One PIL image -> CHW float32 array, exactly like timm's eval transform."""
+    img = to_rgb(img)
+    height, width = pre.input_size
+    if pre.crop_mode == "squash":  # Hugging Face ViTImageProcessor: straight to HxW
+        if img.size != (width, height):
+            img = img.resize((width, height), _PIL_INTERPOLATION[pre.interpolation])
+        return _normalize(img, pre)
+    size = pre.scale_size
+    w, h = img.size
+    # torchvision Resize(int): shortest side to `size`, the other keeps aspect (truncated).
+    if (w <= h and w == size) or (h <= w and h == size):
+        resized = img
+    elif w < h:
+        resized = img.resize((size, int(size * h / w)), _PIL_INTERPOLATION[pre.interpolation])
+    else:
+        resized = img.resize((int(size * w / h), size), _PIL_INTERPOLATION[pre.interpolation])
+    rw, rh = resized.size
+    if rw < width or rh < height:  # torchvision pads; a too-small resize means a bad config
+        resized = resized.resize((max(rw, width), max(rh, height)),
+                                 _PIL_INTERPOLATION[pre.interpolation])
+        rw, rh = resized.size
+    top = int(round((rh - height) / 2.0))
+    left = int(round((rw - width) / 2.0))
+    return _normalize(resized.crop((left, top, left + width, top + height)), pre)
+
+
+def _normalize(img: Image.Image, pre: Preprocessing) -> np.ndarray:
+    arr = np.asarray(img, dtype=np.float32) * np.float32(pre.scale)
+    if pre.channel_order == "BGR":
+        arr = arr[..., ::-1]
+    arr = (arr - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocess_paths(paths: list[str | Path], pre: Preprocessing) -> np.ndarray:
+    """Several image files -> NCHW float32 batch."""
+    return np.stack([preprocess_image(open_rgb(p), pre) for p in paths])

@@ -1,0 +1,94 @@
+"""Rich renderings of manifests and doctor reports for the terminal (stdout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from vitedge import ui
+from vitedge.manifest import Manifest
+
+out = Console(highlight=False)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def print_export_summary(manifest: Manifest, out_dir: Path) -> None:
+    if ui.is_quiet():
+        return
+    par = manifest["parity"]
+    onnx = manifest["onnx"]
+    out.print(f"[green]exported[/green] {manifest['source']['spec']} -> {out_dir / onnx['file']}")
+    out.print(f"  opset {onnx['opset']}, {onnx['nodes']} nodes, fused LayerNorm x{onnx['layernorm_fused']}, "
+              f"batch {'dynamic' if onnx['dynamic_batch'] else onnx['batch']}, exporter {onnx['exporter']}")
+    for name in ("random", "images"):
+        if name in par:
+            r = par[name]
+            out.print(f"  parity ({name}, {r['samples']} samples): top-1 agreement {r['top1_agreement']:.4f}, "
+                      f"max abs err {r['max_abs_err']:.2e}, cosine {r['cosine_min']:.6f}"
+                      + (f", accuracy {r['top1_acc']:.4f}" if "top1_acc" in r else ""))
+
+
+def print_manifest(manifest: Manifest) -> None:
+    table = Table(title=f"vitedge artifact ({manifest.get('kind')})", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    src = manifest.get("source", {})
+    table.add_row("source", f"{src.get('spec')} ({src.get('source')})")
+    if src.get("weights_sha256"):
+        table.add_row("weights sha256", src["weights_sha256"][:16] + "…")
+    table.add_row("target / precision", f"{manifest.get('target')} / {manifest.get('precision')}")
+    pre = manifest.get("preprocessing", {})
+    table.add_row("preprocessing",
+                  f"{pre.get('input_size')} {pre.get('interpolation')} resize {pre.get('resize_size')} "
+                  f"crop {pre.get('crop_mode')} mean {pre.get('mean')} std {pre.get('std')}")
+    labels = manifest.get("labels")
+    table.add_row("labels", f"{len(labels)}: {', '.join(labels[:5])}{'…' if len(labels) > 5 else ''}"
+                  if labels else "none")
+    for kind in ("inputs", "outputs"):
+        for t in manifest.get("io", {}).get(kind, []):
+            table.add_row(kind[:-1], f"{t['name']} {t['shape']} {t['dtype']}")
+    if "onnx" in manifest:
+        o = manifest["onnx"]
+        table.add_row("onnx", f"opset {o.get('opset')}, {o.get('nodes')} nodes, exporter {o.get('exporter')}")
+    for name, r in manifest.get("parity", {}).items():
+        if isinstance(r, dict) and "top1_agreement" in r:
+            table.add_row(f"parity ({name})", f"top-1 {r['top1_agreement']:.4f}, max abs {r['max_abs_err']:.2e}, "
+                          f"cosine {r['cosine_min']:.6f}")
+    for key in ("runtime", "calibration", "precision_summary", "validation"):
+        if manifest.get(key):
+            table.add_row(key, ", ".join(f"{k}={_fmt(v)}" for k, v in manifest[key].items()
+                                         if not isinstance(v, (dict, list))))
+    tools = manifest.get("tools", {})
+    table.add_row("tools", ", ".join(f"{k} {v}" for k, v in tools.items() if v))
+    files = manifest.get("files", {})
+    table.add_row("files", ", ".join(f"{k} ({v[:8]})" for k, v in files.items()))
+    out.print(table)
+
+
+def print_doctor(report: dict[str, Any]) -> None:
+    table = Table(title="backends")
+    for col in ("backend", "status", "version", "precisions", "how to fix"):
+        table.add_column(col)
+    for name, b in report["backends"].items():
+        status = "[green]usable[/green]" if b["usable"] else f"[red]missing[/red]: {b['reason']}"
+        table.add_row(name, status, b["version"] or "-", ",".join(b["precisions"]), b["install"] or "")
+    out.print(table)
+    cpu = report["hardware"]["cpu"]
+    out.print(f"CPU: {cpu['model']} ({cpu['cores']} cores, {cpu['arch']})")
+    out.print(f"  ISA: {', '.join(cpu['isa']) or 'none of AVX2/AVX-512/VNNI/BF16/AMX'}")
+    if cpu.get("bf16_native"):
+        out.print("  note: OpenVINO runs bf16 by default on this CPU; vitedge pins f32 for FP32 artifacts")
+    gpus = report["hardware"]["gpus"]
+    if gpus:
+        for g in gpus:
+            out.print(f"GPU {g['index']}: {g['name']} (compute {g['compute_capability']}, {g['memory_gib']} GiB)")
+    else:
+        out.print("GPU: none visible to PyTorch (CUDA)")

@@ -1,0 +1,1 @@
+"""Drift metrics, latency harness, gates and reports."""
