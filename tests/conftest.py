@@ -44,3 +44,36 @@ def demo_export_copy(demo_export: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "export"
     shutil.copytree(demo_export, dst)
     return dst
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+@pytest.fixture()
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run `vitedge ARGS` in-process through the real entry point; returns code + output."""
+    import warnings
+
+    from vitedge import cli as cli_module
+    from vitedge import ui
+
+    def run(*args: str) -> CliResult:
+        code = 0
+        with warnings.catch_warnings():
+            try:
+                cli_module.main([str(a) for a in args])
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            finally:
+                cli_module._flags["debug"] = False
+                ui.set_quiet(False)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run

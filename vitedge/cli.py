@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from vitedge import __version__, ui
 from vitedge.errors import VitedgeError
@@ -30,7 +31,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")] = False,
@@ -40,7 +41,7 @@ def _root(
     ui.set_quiet(ui.is_quiet() or quiet)
 
 
-def _floats3(text: Optional[str], flag: str) -> Optional[tuple[float, float, float]]:
+def _floats3(text: str | None, flag: str) -> tuple[float, float, float] | None:
     if text is None:
         return None
     from vitedge.errors import BadInput
@@ -59,18 +60,18 @@ def export(
     model: Annotated[str, typer.Argument(help="timm:<arch> | torchvision:<arch> | hf:<dir> | file.pt2 | "
                                                "file.pt (TorchScript) | package.module:factory | demo:digits")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output artifact directory.")],
-    weights: Annotated[Optional[Path], typer.Option(help="State dict: .safetensors, .pth, .pt, .bin.")] = None,
-    num_classes: Annotated[Optional[int], typer.Option(help="Classes of the head (default: from weights).")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Input size; timm resizes position embeddings.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="State dict: .safetensors, .pth, .pt, .bin.")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Classes of the head (default: from weights).")] = None,
+    img_size: Annotated[int | None, typer.Option(help="Input size; timm resizes position embeddings.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17 for fused LayerNormalization).")] = 18,
     batch: Annotated[str, typer.Option(help="'dynamic' or a fixed batch size.")] = "dynamic",
-    data: Annotated[Optional[Path], typer.Option(help="Images for the parity check (besides random inputs).")] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="Labels: .txt (one per line) or .json.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Images for the parity check (besides random inputs).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels: .txt (one per line) or .json.")] = None,
     atol: Annotated[float, typer.Option(help="Parity tolerance on max abs logit error.")] = 1e-3,
-    mean: Annotated[Optional[str], typer.Option(help="Override normalisation mean, e.g. 0.5,0.5,0.5.")] = None,
-    std: Annotated[Optional[str], typer.Option(help="Override normalisation std.")] = None,
-    crop_pct: Annotated[Optional[float], typer.Option(help="Override centre-crop fraction.")] = None,
-    interpolation: Annotated[Optional[str], typer.Option(help="Override resize interpolation.")] = None,
+    mean: Annotated[str | None, typer.Option(help="Override normalisation mean, e.g. 0.5,0.5,0.5.")] = None,
+    std: Annotated[str | None, typer.Option(help="Override normalisation std.")] = None,
+    crop_pct: Annotated[float | None, typer.Option(help="Override centre-crop fraction.")] = None,
+    interpolation: Annotated[str | None, typer.Option(help="Override resize interpolation.")] = None,
 ) -> None:
     """Export a trained ViT to a validated ONNX + vitedge.json manifest."""
     from vitedge import api
@@ -138,24 +139,24 @@ def compile_cmd(
     target: Annotated[str, typer.Option(help="openvino | onnxruntime | tensorrt")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output artifact directory.")],
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp32",
-    calib: Annotated[Optional[Path], typer.Option(help="Calibration data: image folder, .txt list or .npz.")] = None,
-    calib_size: Annotated[Optional[int], typer.Option(help="Calibration samples (seeded subset).")] = None,
-    calib_method: Annotated[Optional[str], typer.Option(help="minmax | entropy | percentile (per target).")] = None,
-    val: Annotated[Optional[Path], typer.Option(help="Labelled validation data (for --max-drop).")] = None,
-    max_drop: Annotated[Optional[float], typer.Option(help="OpenVINO INT8: accuracy-controlled, max top-1 drop.")] = None,
-    ignored_scope: Annotated[Optional[list[str]], typer.Option(
+    calib: Annotated[Path | None, typer.Option(help="Calibration data: image folder, .txt list or .npz.")] = None,
+    calib_size: Annotated[int | None, typer.Option(help="Calibration samples (seeded subset).")] = None,
+    calib_method: Annotated[str | None, typer.Option(help="minmax | entropy | percentile (per target).")] = None,
+    val: Annotated[Path | None, typer.Option(help="Labelled validation data (for --max-drop).")] = None,
+    max_drop: Annotated[float | None, typer.Option(help="OpenVINO INT8: accuracy-controlled, max top-1 drop.")] = None,
+    ignored_scope: Annotated[list[str] | None, typer.Option(
         help="Keep float: node name, re:<regex> or type:<OpType> (repeatable).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Inference threads recorded for load.")] = None,
-    streams: Annotated[Optional[int], typer.Option(help="OpenVINO streams recorded for load.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads recorded for load.")] = None,
+    streams: Annotated[int | None, typer.Option(help="OpenVINO streams recorded for load.")] = None,
     hint: Annotated[str, typer.Option(help="OpenVINO performance hint: latency | throughput.")] = "latency",
-    batch: Annotated[Optional[str], typer.Option(help="TensorRT profile MIN:OPT:MAX (e.g. 1:8:32).")] = None,
-    workspace: Annotated[Optional[float], typer.Option(help="TensorRT workspace limit, GB.")] = None,
-    opt_level: Annotated[Optional[int], typer.Option(help="TensorRT builder optimisation level 0-5.")] = None,
-    timing_cache: Annotated[Optional[Path], typer.Option(help="TensorRT timing cache file (reused).")] = None,
-    hardware_compat: Annotated[Optional[str], typer.Option(help="TensorRT hardware compatibility: ampere+.")] = None,
+    batch: Annotated[str | None, typer.Option(help="TensorRT profile MIN:OPT:MAX (e.g. 1:8:32).")] = None,
+    workspace: Annotated[float | None, typer.Option(help="TensorRT workspace limit, GB.")] = None,
+    opt_level: Annotated[int | None, typer.Option(help="TensorRT builder optimisation level 0-5.")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache file (reused).")] = None,
+    hardware_compat: Annotated[str | None, typer.Option(help="TensorRT hardware compatibility: ampere+.")] = None,
     version_compatible: Annotated[bool, typer.Option(help="TensorRT version-compatible engine.")] = False,
     io: Annotated[str, typer.Option(help="TensorRT graph I/O dtype: fp32 | fp16.")] = "fp32",
-    fp16_margin: Annotated[Optional[float], typer.Option(
+    fp16_margin: Annotated[float | None, typer.Option(
         help="FP16 plan: keep nodes FP32 whose |activation| exceeds this fraction of 65504.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the calibration subset.")] = 0,
 ) -> None:
@@ -181,14 +182,14 @@ def bench(
     reference: Annotated[str, typer.Option(help="Export dir or MODEL spec: the PyTorch FP32 reference.")],
     data: Annotated[Path, typer.Option(help="Validation data (labelled image folder for accuracy).")],
     batch: Annotated[str, typer.Option(help="Batch sizes for latency, e.g. 1,8.")] = "1,8",
-    gate: Annotated[Optional[list[str]], typer.Option(
+    gate: Annotated[list[str] | None, typer.Option(
         help="Gate, e.g. top1_agreement>=0.995, acc_drop<=0.005, speedup_p50>=2 (repeatable).")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Write report.json/.xml/.md/.html here.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write report.json/.xml/.md/.html here.")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda (for the PyTorch reference).")] = "cpu",
-    max_images: Annotated[Optional[int], typer.Option(help="Validate on at most N images (seeded).")] = None,
+    max_images: Annotated[int | None, typer.Option(help="Validate on at most N images (seeded).")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up runs per artifact and batch.")] = 5,
     iters: Annotated[int, typer.Option(help="Timed runs per artifact and batch.")] = 30,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for every runner.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for every runner.")] = None,
 ) -> None:
     """Accuracy drift and latency of artifacts vs the PyTorch reference, with gates and reports."""
     from vitedge.validate.bench import run_bench
@@ -201,8 +202,8 @@ def bench(
 @app.command()
 def run(
     recipe: Annotated[Path, typer.Argument(help="A recipe YAML (see recipes/).")],
-    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output directory (overrides the recipe).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: a.b=value.")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Output directory (overrides the recipe).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: a.b=value.")] = None,
 ) -> None:
     """Run a recipe: export -> compile -> bench -> gates -> reports, skipping unchanged steps."""
     from vitedge.recipe import run_recipe
@@ -223,9 +224,15 @@ def _strip_global_flags(argv: list[str]) -> list[str]:
     return rest
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line and an exit code for every vitedge error."""
     args = _strip_global_flags(list(sys.argv[1:] if argv is None else argv))
+    if not _flags["debug"]:  # library chatter (deprecations, tracer notes) is not for users
+        import logging
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        logging.getLogger("nncf").setLevel(logging.ERROR)
     try:
         code = app(args=args, prog_name="vitedge", standalone_mode=False)
         if isinstance(code, int) and code:
@@ -233,22 +240,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     except VitedgeError as exc:
         if _flags["debug"]:
             raise
-        ui.console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        ui.console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         ui.console.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors (typer's click) and anything unexpected
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
-            sys.exit(2)
+            sys.exit(exc.exit_code)
         if _flags["debug"]:
             raise
-        ui.console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
+        ui.console.print(f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} "
                          "(re-run with --debug for the traceback and report it)", soft_wrap=True)
         sys.exit(4)
 

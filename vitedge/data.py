@@ -98,7 +98,7 @@ def _from_folder(root: Path, model_labels: list[str] | None) -> ImageSet:
 
 def _from_list(list_file: Path, model_labels: list[str] | None) -> ImageSet:
     paths, names = [], []
-    for n, line in enumerate(list_file.read_text().splitlines(), 1):
+    for line in list_file.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.rstrip("\n").split("\t")

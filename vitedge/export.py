@@ -86,12 +86,11 @@ def check_onnx(path: Path) -> dict[str, Any]:
 
 
 def parity(loaded: LoadedModel, onnx_path: Path, data: str | None, images: int,
-           random_count: int = 8) -> dict[str, Any]:
+           batch: int | None = None, random_count: int = 8) -> dict[str, Any]:
     """ORT (CPU) vs PyTorch FP32 on seeded random inputs and, with --data, on real images."""
     from vitedge.backends.onnxruntime import OrtRunner
 
     results: dict[str, Any] = {}
-    batch = loaded.static_batch
     with OrtRunner(onnx_path) as runner:
         x = random_inputs(loaded.preprocessing, batch or random_count)
         results["random"] = compare_logits(torch_logits(loaded.module, x, batch or 32),
@@ -120,6 +119,9 @@ def export_model(loaded: LoadedModel, out_dir: str | Path, *, opset: int = 18,
     if fixed_batch is not None and fixed_batch < 1:
         raise BadInput(f"--batch must be 'dynamic' or a positive integer, got {batch}")
     out_dir = Path(out_dir)
+    if fixed_batch is None and loaded.static_batch:
+        ui.warn(f"{loaded.spec} was exported with a fixed batch of {loaded.static_batch}; "
+                "the ONNX keeps it (re-export the program with a dynamic batch dim to change that)")
     with atomic_dir(out_dir) as tmp:
         onnx_path = tmp / "model.onnx"
         start = time.perf_counter()
@@ -137,7 +139,7 @@ def export_model(loaded: LoadedModel, out_dir: str | Path, *, opset: int = 18,
         if facts["layernorm_decomposed"]:
             ui.warn("LayerNorm was exported decomposed; FP16 backends may overflow")
         with ui.Step("checking parity: ONNX Runtime vs PyTorch FP32"):
-            par = parity(loaded, onnx_path, data, parity_images)
+            par = parity(loaded, onnx_path, data, parity_images, fixed_batch or loaded.static_batch)
         worst = max(r["max_abs_err"] for r in par.values())
         cos = min(r["cosine_min"] for r in par.values())
         par["tolerance"] = {"max_abs_err": atol, "cosine_min": PARITY_COSINE_MIN}

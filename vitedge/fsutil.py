@@ -64,8 +64,11 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
     """Yield a temp dir next to OUT_DIR; on success it replaces OUT_DIR, on error it vanishes."""
     out_dir = Path(out_dir)
     check_writable_parent(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as exc:
+        raise BadInput(f"cannot write output dir {out_dir}: {exc.strerror or exc}") from exc
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; an artifact dir is an ordinary dir

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vitedge import ui
@@ -75,12 +76,15 @@ def print_manifest(manifest: Manifest) -> None:
 
 def print_doctor(report: dict[str, Any]) -> None:
     table = Table(title="backends")
-    for col in ("backend", "status", "version", "precisions", "how to fix"):
+    for col in ("backend", "status", "version", "precisions"):
         table.add_column(col)
     for name, b in report["backends"].items():
-        status = "[green]usable[/green]" if b["usable"] else f"[red]missing[/red]: {b['reason']}"
-        table.add_row(name, status, b["version"] or "-", ",".join(b["precisions"]), b["install"] or "")
+        status = "[green]usable[/green]" if b["usable"] else "[red]missing[/red]"
+        table.add_row(name, status, b["version"] or "-", ",".join(b["precisions"]))
     out.print(table)
+    for name, b in report["backends"].items():
+        if not b["usable"]:
+            out.print(f"{name}: {escape(b['reason'])}\n  how to get it: {escape(b['install'])}", soft_wrap=True)
     cpu = report["hardware"]["cpu"]
     out.print(f"CPU: {cpu['model']} ({cpu['cores']} cores, {cpu['arch']})")
     out.print(f"  ISA: {', '.join(cpu['isa']) or 'none of AVX2/AVX-512/VNNI/BF16/AMX'}")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from vitedge.data import Tensors
 from vitedge.errors import BadInput
 from vitedge.manifest import Manifest
 
@@ -77,6 +78,8 @@ class CompileOptions:
     calib_method: str | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    calibration: Tensors | None = None  # preprocessed --calib set (loaded by compile_artifact)
+    validation: Tensors | None = None  # preprocessed --val set, when given
 
 
 class Backend(ABC):
@@ -84,14 +87,26 @@ class Backend(ABC):
     precisions: tuple[str, ...] = ()
     default_calib_method: str | None = None
     calib_methods: tuple[str, ...] = ()
+    default_calib_size: int = 300
+    # True: compile() works without the runtime (it writes what it can and returns a manifest
+    # with "incomplete": {"reason", "next_step"}); False: compile needs availability().usable.
+    compiles_without_runtime: bool = False
 
     @abstractmethod
     def availability(self) -> Availability:
         """Whether this backend can run here, and if not, why and how to install it."""
 
+    def check_options(self, options: CompileOptions) -> None:  # noqa: B027 - optional hook
+        """Reject options this backend cannot honour, before any work is done (raise BadInput)."""
+
     def compile(self, export_dir: Path, out_dir: Path, manifest: Manifest,
                 options: CompileOptions) -> Manifest:
-        """Write the artifact into out_dir (a temp dir); return its manifest (not yet saved)."""
+        """Write the artifact into out_dir (a temp dir); return its manifest (not yet saved).
+
+        MANIFEST is a copy of the export manifest already extended with the generic fields
+        (target, precision, calibration): add the backend's own ("artifact", "runtime",
+        "precision_plan", ...) and return it.
+        """
         raise NotImplementedError(f"{self.name} cannot compile")
 
     @abstractmethod

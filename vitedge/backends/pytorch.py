@@ -27,7 +27,9 @@ class TorchRunner(Runner):
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
         self.device = torch.device(device)
-        self.module = module.eval().to(self.device)
+        from vitedge.models.base import set_eval
+
+        self.module = set_eval(module).to(self.device)
         self.info = {"backend": "pytorch", "precision_run": "fp32", "device": device,
                      "threads": torch.get_num_threads()}
 

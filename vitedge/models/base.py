@@ -114,7 +114,7 @@ def load_model(
             f"model source {source!r} needs a missing package ({exc.name or exc}): "
             f"pip install {'vitedge[hf]' if source == 'hf' else exc.name}"
         ) from exc
-    loaded.module.eval()
+    set_eval(loaded.module)
     loaded.details["request"] = {  # replayed by the PyTorch reference runner
         "spec": spec, "weights": str(weights) if weights else None,
         "num_classes": num_classes, "img_size": img_size,
@@ -127,6 +127,15 @@ def load_model(
         loaded.labels = labels
     probe_classifier(loaded)
     return loaded
+
+
+def set_eval(module: Any) -> Any:
+    """eval() where supported (torch.export's unlifted modules refuse it; they are traced in eval)."""
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass
+    return module
 
 
 def probe_classifier(loaded: LoadedModel) -> None:

@@ -6,6 +6,8 @@ import difflib
 import importlib
 import inspect
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,9 @@ def _timm_preprocessing(model: Any, img_size: int | None) -> Preprocessing:
 
     cfg = resolve_model_data_config(model)
     _, h, w = cfg["input_size"]
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if built:  # the size the model was built for beats its pretrained config
+        h, w = int(built[0]), int(built[1])
     if img_size:
         h = w = img_size
     interp = cfg.get("interpolation", "bicubic")
@@ -60,6 +65,9 @@ def load_timm(arch: str, req: ModelRequest) -> LoadedModel:
         model = timm.create_model(arch, pretrained=False, **kwargs)
     except (TypeError, AssertionError, ValueError) as exc:
         raise BadInput(f"timm cannot build {arch} with {kwargs}: {exc}") from exc
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if req.img_size and patch and (req.img_size % patch[0] or req.img_size % patch[1]):
+        raise BadInput(f"--img-size {req.img_size} is not a multiple of {arch}'s patch size {patch[0]}")
     sha = None
     if state is not None:
         # timm's own filter resizes position embeddings when --img-size differs.
@@ -279,6 +287,8 @@ def load_torchscript(file: str, req: ModelRequest) -> LoadedModel:
 @register_source("factory")
 def load_factory(spec: str, req: ModelRequest) -> LoadedModel:
     module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:  # like `python -m`: modules in the working dir import
+        sys.path.insert(0, os.getcwd())
     try:
         mod = importlib.import_module(module_name)
     except ImportError as exc:
