@@ -139,3 +139,12 @@ def test_debug_shows_traceback(cli, tmp_path: Path) -> None:
 def test_usage_error_exit_code(cli) -> None:
     r = cli("export")
     assert r.code == 2
+
+
+def test_hf_backbone_is_not_a_classifier(cli, tmp_path: Path) -> None:
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "backbone")
+    r = cli("export", f"hf:{tmp_path / 'backbone'}", "-o", tmp_path / "out")
+    assert r.code == 2 and "holds ViTModel, not an image classifier" in r.err

@@ -181,6 +181,11 @@ def load_hf(directory: str, req: ModelRequest) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForImageClassification
 
     config = AutoConfig.from_pretrained(path, local_files_only=True)
+    archs = config.architectures or []
+    if archs and not any("ImageClassification" in a for a in archs):
+        # from_pretrained would silently bolt a random head onto a backbone
+        raise BadInput(f"hf:{directory} holds {', '.join(archs)}, not an image classifier "
+                       "(vitedge needs a *ForImageClassification model)")
     try:
         model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True)
     except (ValueError, KeyError) as exc:

@@ -1,0 +1,5 @@
+"""`python -m vitedge` runs the CLI."""
+
+from vitedge.cli import main
+
+main()
