@@ -105,9 +105,7 @@ def write_images(out_dir: Path) -> dict[str, list[tuple[Path, int]]]:
             path.parent.mkdir(parents=True, exist_ok=True)
             img.convert("RGB").save(path)
             splits[split].append((path, int(labels[i])))
-    (out_dir / "README.md").write_text(
-        README.format(split_seed=SPLIT_SEED, n_calib=len(calib_idx), n_val=len(val_idx))
-    )
+    (out_dir / "README.md").write_text(README.format(split_seed=SPLIT_SEED, n_calib=len(calib_idx), n_val=len(val_idx)))
     return splits
 
 
@@ -123,9 +121,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     scale = 0.9 + torch.rand(n, generator=gen) * 0.2
     shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (2.5 * 2 / DEMO_IMAGE_SIZE)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-    )
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     # grid_sample pads with 0; shift so that the padding is the black background.
     return F.grid_sample(x - BACKGROUND, grid, align_corners=False) + BACKGROUND
@@ -138,20 +134,18 @@ def top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (pred == y).float().mean().item()
 
 
-def train(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int
-) -> None:
+def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> None:
     batch = 64
     steps_per_epoch = math.ceil(len(x) / batch)
+    warmup, total = 2 * steps_per_epoch, epochs * steps_per_epoch
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay to 0
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    warmup = steps_per_epoch * 2
-    total = steps_per_epoch * epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (s + 1) / warmup
-        if s < warmup
-        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))),
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     gen = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         model.train()
@@ -169,7 +163,7 @@ def train(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

@@ -77,3 +77,41 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def demo_val_tensors(demo_export: Path, digits_val: Path):
+    """The 360 labelled validation digits, preprocessed with the export's manifest."""
+    from vitedge.data import load_tensors, open_image_set
+    from vitedge.manifest import Manifest
+
+    manifest = Manifest.load(demo_export)
+    return load_tensors(open_image_set(digits_val, manifest.labels), manifest.preprocessing)
+
+
+@pytest.fixture(scope="session")
+def demo_reference_logits(demo_export: Path, demo_val_tensors):
+    """PyTorch FP32 logits of the demo on the validation digits: what artifacts are compared to."""
+    import vitedge
+
+    with vitedge.load(demo_export, backend="pytorch") as reference:
+        return reference.predict(demo_val_tensors.x)
+
+
+@pytest.fixture(scope="session")
+def compiled_demo(demo_export: Path, digits_calib: Path, tmp_path_factory: pytest.TempPathFactory):
+    """compiled_demo(target, precision) -> artifact dir; each is compiled once per session."""
+    from vitedge.compile import compile_artifact
+
+    root = tmp_path_factory.mktemp("compiled")
+    built: dict[tuple[str, str], Path] = {}
+
+    def get(target: str, precision: str) -> Path:
+        if (target, precision) not in built:
+            out = root / f"{target}-{precision}"
+            compile_artifact(demo_export, out, target=target, precision=precision,
+                             calib=str(digits_calib) if precision == "int8" else None)
+            built[target, precision] = out
+        return built[target, precision]
+
+    return get

@@ -122,18 +122,14 @@ def test_emulation_rounds_like_fp16_storage() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_data(demo_export: Path, digits_calib: Path, digits_val: Path) -> dict:
+def demo_data(demo_export: Path, digits_calib: Path, demo_val_tensors, demo_reference_logits) -> dict:
     from vitedge.data import load_tensors, open_image_set
-    from vitedge.export import torch_logits
     from vitedge.manifest import Manifest
-    from vitedge.models import load_model
 
     manifest = Manifest.load(demo_export)
     calib = load_tensors(open_image_set(digits_calib, manifest.labels).subset(500), manifest.preprocessing)
-    val = load_tensors(open_image_set(digits_val, manifest.labels), manifest.preprocessing)
-    reference = torch_logits(load_model("demo:digits").module, val.x)
-    return {"model": onnx.load(str(demo_export / "model.onnx")), "calib": calib.x, "val": val.x,
-            "labels": val.labels, "reference": reference}
+    return {"model": onnx.load(str(demo_export / "model.onnx")), "calib": calib.x, "val": demo_val_tensors.x,
+            "labels": demo_val_tensors.labels, "reference": demo_reference_logits}
 
 
 def test_demo_fp16_plan_matches_pytorch(demo_data: dict) -> None:
@@ -143,7 +139,8 @@ def test_demo_fp16_plan_matches_pytorch(demo_data: dict) -> None:
     assert sorted({i["op"] for i in islands}) == ["LayerNormalization", "Softmax"]
     assert len(islands) == 9 + 4  # 4 blocks x 2 LayerNorms + final norm, 4 Softmax
     assert {"blocks.0.norm1", "blocks.3.attn", "norm"} <= {i["module"] for i in islands}
-    assert plan["summary"]["calibration_samples"] == 500 and plan["summary"]["io"] == "fp32"
+    assert plan["calibration_samples"] == 500 and plan["io"] == "fp32"
+    assert sum(n["dtype"] == "fp32" for n in plan["nodes"]) == len(islands)
     for graph_run in (graph, emulate_fp16(graph)):
         drift = compare_logits(demo_data["reference"], _run_graph(graph_run, demo_data["val"]), demo_data["labels"])
         assert drift["top1_agreement"] == 1.0

@@ -158,6 +158,8 @@ def compile_cmd(
     io: Annotated[str, typer.Option(help="TensorRT graph I/O dtype: fp32 | fp16.")] = "fp32",
     fp16_margin: Annotated[float | None, typer.Option(
         help="FP16 plan: keep nodes FP32 whose |activation| exceeds this fraction of 65504.")] = None,
+    quantize_attention: Annotated[bool, typer.Option(
+        help="INT8: also quantize attention's activation x activation MatMuls (q@kT, attn@v).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for the calibration subset.")] = 0,
 ) -> None:
     """Build a backend artifact (OpenVINO IR, ONNX Runtime model, TensorRT engine) from an export."""
@@ -168,7 +170,7 @@ def compile_cmd(
         "threads": threads, "streams": streams, "hint": hint, "batch": batch, "workspace_gb": workspace,
         "opt_level": opt_level, "timing_cache": str(timing_cache) if timing_cache else None,
         "hardware_compat": hardware_compat, "version_compatible": version_compatible, "io": io,
-        "fp16_margin": fp16_margin,
+        "fp16_margin": fp16_margin, "quantize_attention": quantize_attention,
     }
     manifest = compile_artifact(in_dir, out, target=target, precision=precision,
                                 calib=str(calib) if calib else None, calib_size=calib_size,

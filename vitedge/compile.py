@@ -47,13 +47,12 @@ def compile_artifact(in_dir: str | Path, out_dir: str | Path, *, target: str, pr
     available = backend.availability()
     if not available.usable and not backend.compiles_without_runtime:
         raise EnvironmentProblem(f"--target {target} is not usable here: {available.reason} ({available.install})")
-    if options.calib and precision != "fp32":
+    if options.calib and precision in backend.calibrated_precisions:
         image_set = open_image_set(options.calib, source.labels).subset(
             options.calib_size or backend.default_calib_size, seed)
         options.calibration = load_tensors(image_set, source.preprocessing, description="calibration images")
-        options.extra["calib_tensors"] = options.calibration  # the TensorRT backend reads this key
     elif options.calib:
-        ui.warn("--calib is not used for --precision fp32")
+        ui.warn(f"--calib is not used for --target {target} --precision {precision}")
     if options.extra.get("val"):
         options.validation = load_tensors(open_image_set(options.extra["val"], source.labels),
                                           source.preprocessing, description="validation images")
@@ -178,7 +177,8 @@ def print_compile_summary(manifest: Manifest, out_dir: str | Path) -> None:
     build = manifest.get("compile", {})
     art = manifest.get("artifact", {})
     state = "[yellow]incomplete[/yellow]" if "incomplete" in manifest else "[green]compiled[/green]"
-    out.print(f"{state} {escape(str(manifest['source'].get('spec')))} -> {escape(str(Path(out_dir) / art.get('model', '')))} "
+    where = escape(str(Path(out_dir) / art.get("model", "")))
+    out.print(f"{state} {escape(str(manifest['source'].get('spec')))} -> {where} "
               f"({manifest['target']} {manifest['precision']}, {_size(build.get('artifact_bytes', 0))}, "
               f"{build.get('seconds', 0):.1f} s)")
     runtime = manifest.get("runtime", {})
@@ -213,4 +213,5 @@ def print_compile_summary(manifest: Manifest, out_dir: str | Path) -> None:
             line += f", accuracy {val['top1_acc']:.4f} (fp32 {val['ref_top1_acc']:.4f}, drop {val['acc_drop']:+.4f})"
         out.print(line)
     if "incomplete" in manifest:
-        out.print(f"  [yellow]next step:[/yellow] {escape(manifest['incomplete']['next_step'])}")
+        out.print(f"  [yellow]next step:[/yellow] {escape(manifest['incomplete']['next_step'])}",
+                  soft_wrap=True)  # a command to copy: never wrapped

@@ -86,7 +86,8 @@ def _label_index(name: str, class_names: list[str], model_labels: list[str] | No
 
 
 def _from_folder(root: Path, model_labels: list[str] | None) -> ImageSet:
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))  # ._x.jpg, .cache/
     rel_dirs = {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}
     top_level = [p for p in files if len(p.relative_to(root).parts) == 1]
     if rel_dirs and not top_level:
@@ -122,6 +123,8 @@ def _from_npz(npz: Path) -> ImageSet:
             labels = [int(v) for v in data["labels"]] if "labels" in data else [None] * len(tensors)
     except (OSError, ValueError) as exc:
         raise BadInput(f"cannot read {npz}: {exc}") from exc
+    if len(labels) != len(tensors):
+        raise BadInput(f"{npz}: {len(labels)} labels for {len(tensors)} tensors")
     if tensors.ndim != 4:
         raise BadInput(f"{npz}: expected preprocessed NCHW tensors, got shape {list(tensors.shape)}")
     return ImageSet(str(npz), [], labels, None, tensors)
@@ -172,13 +175,16 @@ def load_tensors(image_set: ImageSet, pre: Preprocessing, *, use_cache: bool = T
     key = _cache_key(image_set, pre)
     cached = cache_dir() / "tensors" / f"{key}.npz"
     if use_cache and cached.is_file():
-        with np.load(cached, allow_pickle=False) as data:
-            keep = data["keep"]
-            x = data["x"]
-        paths = [image_set.paths[i] for i in keep]
-        labels = np.asarray([image_set.labels[i] for i in keep]) if image_set.labelled else None
-        skipped = [str(p) for i, p in enumerate(image_set.paths) if i not in set(keep.tolist())]
-        return Tensors(x, labels, [str(p) for p in paths], skipped, key)
+        try:
+            with np.load(cached, allow_pickle=False) as data:
+                keep, x = data["keep"].tolist(), data["x"]
+        except (OSError, ValueError, KeyError):
+            keep = []  # a damaged cache entry is rebuilt below
+        if keep and len(x) == len(keep) and tuple(x.shape[1:]) == (3, h, w):
+            kept = set(keep)
+            labels = np.asarray([image_set.labels[i] for i in keep]) if image_set.labelled else None
+            skipped = [str(p) for i, p in enumerate(image_set.paths) if i not in kept]
+            return Tensors(x, labels, [str(image_set.paths[i]) for i in keep], skipped, key)
     arrays, keep, skipped = [], [], []
     for i, p in enumerate(ui.track(image_set.paths, description)):
         try:

@@ -88,6 +88,7 @@ class Backend(ABC):
     default_calib_method: str | None = None
     calib_methods: tuple[str, ...] = ()
     default_calib_size: int = 300
+    calibrated_precisions: tuple[str, ...] = ("fp16", "int8")  # precisions that read --calib
     # True: compile() works without the runtime (it writes what it can and returns a manifest
     # with "incomplete": {"reason", "next_step"}); False: compile needs availability().usable.
     compiles_without_runtime: bool = False

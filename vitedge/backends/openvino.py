@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,9 +130,32 @@ def _module_map(onnx_path: Path) -> dict[str, str | None]:
     return {n.name: module_name(n) for n in model.graph.node}
 
 
+def ov_module_map(ov_model: Any, onnx_modules: dict[str, str | None]) -> dict[str, str | None]:
+    """OpenVINO op name -> PyTorch module.
+
+    Ops converted from an ONNX node carry its name (a Linear's MatMul keeps `node_MatMul_12`);
+    ops OpenVINO or NNCF created (MVN_42, FakeQuantize, SmoothQuant scales) take the module of
+    the nearest consumer that has one.
+    """
+    result: dict[str, str | None] = {}
+    for op in reversed(list(ov_model.get_ordered_ops())):  # consumers before producers
+        name = op.get_friendly_name()
+        base = name.split("/")[0]
+        if base in onnx_modules:
+            result[name] = onnx_modules[base]
+            continue
+        consumers = [t.get_node().get_friendly_name() for out in op.outputs() for t in out.get_target_inputs()]
+        result[name] = next((result[c] for c in consumers if result.get(c)), None)
+    return result
+
+
 def runtime_plan(compiled: Any, modules: dict[str, str | None], precision: str,
                  ignored: set[str], accuracy_control: bool) -> list[dict[str, Any]]:
-    """Every compute node of the compiled runtime graph with the precision it really runs in."""
+    """Every compute node of the compiled runtime graph with the precision it really runs in.
+
+    MODULES maps OpenVINO op names to PyTorch modules (`ov_module_map`); IGNORED holds the op
+    names the user's --ignored-scope matched.
+    """
     hint = precision_word(compiled.get_property("INFERENCE_PRECISION_HINT"))
     plan = []
     for op in compiled.get_runtime_model().get_ordered_ops():
@@ -139,7 +164,7 @@ def runtime_plan(compiled: Any, modules: dict[str, str | None], precision: str,
         if layer in _LAYOUT_LAYERS:
             continue
         names = [n for n in rt["originalLayersNames"].astype(str).split(",") if n]
-        module = next((modules[n.split("/")[0]] for n in names if modules.get(n.split("/")[0])), None)
+        module = next((modules[n] for n in names if modules.get(n)), None)
         dtype = precision_word(rt["runtimePrecision"].astype(str))
         if dtype == "int8":
             reason = ("INT8 attention (NNCF quantizes the SDPA inputs)" if layer == "Subgraph"
@@ -147,13 +172,11 @@ def runtime_plan(compiled: Any, modules: dict[str, str | None], precision: str,
         elif precision != "int8":
             reason = (f"{precision} artifact, inference precision {hint}" if dtype == hint
                       else f"{precision} artifact; OpenVINO keeps this op in {dtype}")
+        elif any(n in ignored for n in names):
+            reason = "excluded by --ignored-scope"
         elif layer in _MATMUL_LAYERS:
-            if any(n.split("/")[0] in ignored for n in names):
-                reason = "excluded by --ignored-scope"
-            elif accuracy_control:
-                reason = "reverted to float by accuracy control (--max-drop)"
-            else:
-                reason = "not quantized by NNCF"
+            reason = ("reverted to float by accuracy control (--max-drop)" if accuracy_control
+                      else "not quantized by NNCF")
         elif layer == "MVN":
             reason = "LayerNorm stays float (NNCF TRANSFORMER scheme)"
         elif layer == "Softmax":
@@ -165,28 +188,36 @@ def runtime_plan(compiled: Any, modules: dict[str, str | None], precision: str,
     return plan
 
 
-def _ignored_names(scope_names: tuple[str, ...], ov_model: Any, modules: dict[str, str | None]) -> list[str]:
-    """--ignored-scope names: OpenVINO op names as given; PyTorch module names -> their ops."""
-    op_names = {op.get_friendly_name() for op in ov_model.get_ops()}
+def _ignored(scope: Any, ov_model: Any, onnx_modules: dict[str, str | None]) -> tuple[list[str], set[str]]:
+    """--ignored-scope on an ov.Model: (names for nncf.IgnoredScope, every op name it matches).
+
+    Names are OpenVINO op names or PyTorch module names (turned into the ops converted from
+    that module's ONNX nodes); regexes (re.search, as NNCF does) and types are matched
+    against OpenVINO op names and types.
+    """
+    ops = {op.get_friendly_name(): op.get_type_name() for op in ov_model.get_ops()}
     names: list[str] = []
-    for name in scope_names:
-        if name in op_names:
-            names.append(name)
-            continue
-        ops = [o for o in op_names for node, mod in modules.items()
-               if mod == name and (o == node or o.startswith(f"{node}/"))]
-        names.extend(sorted(ops) or [name])  # no match: NNCF reports it as unknown
-    return names
+    for name in scope.names:
+        by_module = sorted(op for op in ops if onnx_modules.get(op.split("/")[0]) == name)
+        names.extend([name] if name in ops else by_module or [name])  # no match: NNCF reports it
+    matched = {op for op, kind in ops.items()
+               if op in names or kind in scope.types or any(re.search(p, op) for p in scope.patterns)}
+    return names, matched
 
 
 @contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """NNCF draws its own progress bars on stdout; --quiet silences them."""
-    if ui.is_quiet():
-        with contextlib.redirect_stdout(io.StringIO()):
+def _nncf_output() -> Iterator[None]:
+    """NNCF logs INFO lines and draws progress bars on stdout: keep its warnings; --quiet drops all."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.ERROR if ui.is_quiet() else logging.WARNING)
+    try:
+        with contextlib.ExitStack() as stack:
+            if ui.is_quiet():
+                stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
             yield
-    else:
-        yield
+    finally:
+        logger.setLevel(level)
 
 
 @register_backend
@@ -195,6 +226,7 @@ class OpenVINOBackend(Backend):
     precisions = ("fp32", "fp16", "int8")
     default_calib_method = "nncf"
     calib_methods = ("nncf", "minmax", "percentile")
+    calibrated_precisions = ("int8",)
 
     def availability(self) -> Availability:
         version = package_version("openvino")
@@ -223,11 +255,11 @@ class OpenVINOBackend(Backend):
                 ov_model = ov.convert_model(str(source))
             except Exception as exc:  # noqa: BLE001 - the frontend raises generic errors
                 raise CompileFailed(f"OpenVINO could not convert {source}: {exc}") from exc
-        modules = _module_map(source)
-        ignored: list[str] = []
+        onnx_modules = _module_map(source)
+        ignored: set[str] = set()
         details: dict[str, Any] = {"weights": "fp16" if options.precision == "fp16" else "fp32"}
         if options.precision == "int8":
-            ov_model, ignored, details = self._quantize(ov_model, modules, options)
+            ov_model, ignored, details = self._quantize(ov_model, onnx_modules, options)
         ov.save_model(ov_model, str(out_dir / MODEL_XML), compress_to_fp16=options.precision == "fp16")
         core = ov.Core()
         capabilities = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -243,7 +275,8 @@ class OpenVINOBackend(Backend):
             properties["NUM_STREAMS"] = int(options.extra["streams"])
         with ui.Step("compiling for CPU"):
             try:
-                compiled = core.compile_model(core.read_model(str(out_dir / MODEL_XML)), "CPU", properties)
+                saved = core.read_model(str(out_dir / MODEL_XML))
+                compiled = core.compile_model(saved, "CPU", properties)
             except Exception as exc:  # noqa: BLE001
                 raise CompileFailed(f"OpenVINO could not compile the IR: {exc}") from exc
         resolved = _resolved(compiled)
@@ -252,13 +285,17 @@ class OpenVINOBackend(Backend):
         manifest["runtime"] = {"properties": properties, "device": "CPU", "resolved_at_build": resolved,
                                "cpu_capabilities": capabilities}
         manifest["precision_run"] = resolved["inference_precision"]
-        manifest["precision_plan"] = runtime_plan(compiled, modules, options.precision, set(ignored),
-                                                  accuracy_control=details.get("max_drop") is not None)
+        manifest["precision_plan"] = runtime_plan(compiled, ov_module_map(saved, onnx_modules), options.precision,
+                                                  ignored, accuracy_control=details.get("max_drop") is not None)
         return manifest
 
-    def _quantize(self, ov_model: Any, modules: dict[str, str | None],
-                  options: CompileOptions) -> tuple[Any, list[str], dict[str, Any]]:
-        """nncf.quantize (or quantize_with_accuracy_control with --max-drop) on the ov.Model."""
+    def _quantize(self, ov_model: Any, onnx_modules: dict[str, str | None],
+                  options: CompileOptions) -> tuple[Any, set[str], dict[str, Any]]:
+        """nncf.quantize (or quantize_with_accuracy_control with --max-drop) on the ov.Model.
+
+        Returns the quantized model, the op names --ignored-scope matched, and what to record.
+        """
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA" noise
         import nncf
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -270,7 +307,7 @@ class OpenVINOBackend(Backend):
         x = options.calibration.x
         calib_ds = nncf.Dataset([x[i:i + 1] for i in range(len(x))])
         scope = IgnoredScope.parse(options.extra.get("ignored_scope"))
-        names = _ignored_names(scope.names, ov_model, modules)
+        names, matched = _ignored(scope, ov_model, onnx_modules)
         ignored_scope = nncf.IgnoredScope(names=names, patterns=list(scope.patterns),
                                           types=list(scope.types)) if scope else None
         method = options.calib_method or self.default_calib_method
@@ -279,16 +316,16 @@ class OpenVINOBackend(Backend):
             advanced.activations_range_estimator_params = getattr(RangeEstimatorParametersSet,
                                                                   _NNCF_RANGES[method])
         kwargs: dict[str, Any] = dict(subset_size=len(x), model_type=nncf.ModelType.TRANSFORMER,
-                                      ignored_scope=ignored_scope, advanced_quantization_parameters=advanced)
+                                      ignored_scope=ignored_scope)
         max_drop = options.extra.get("max_drop")
         details: dict[str, Any] = {"weights": "int8 per-channel symmetric", "quantizer": "nncf",
                                    "model_type": "TRANSFORMER", "range_estimator": method,
                                    "ignored_scope": list(options.extra.get("ignored_scope") or []),
                                    "max_drop": max_drop}
         try:
-            with _quiet_stdout():
+            with _nncf_output():
                 if max_drop is None:
-                    quantized = nncf.quantize(ov_model, calib_ds, **kwargs)
+                    quantized = nncf.quantize(ov_model, calib_ds, advanced_parameters=advanced, **kwargs)
                 else:
                     val = options.validation
                     if val is None or val.labels is None:
@@ -298,14 +335,14 @@ class OpenVINOBackend(Backend):
                                           lambda item: item[0])
                     quantized = nncf.quantize_with_accuracy_control(
                         ov_model, calib_ds, val_ds, _top1_accuracy, max_drop=max_drop,
-                        drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+                        drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=advanced, **kwargs)
         except nncf.ValidationError as exc:
-            raise BadInput(f"--ignored-scope: {str(exc).strip().splitlines()[0]}") from exc
+            raise BadInput(f"NNCF rejected the options: {str(exc).strip().splitlines()[0]}") from exc
         except BadInput:
             raise
         except Exception as exc:  # noqa: BLE001 - NNCF wraps many backend errors
             raise CompileFailed(f"NNCF quantization failed: {exc}") from exc
-        return quantized, names, details
+        return quantized, matched, details
 
     def open_runner(self, artifact_dir: Path, manifest: Manifest, **options: Any) -> Runner:
         runtime = manifest.get("runtime", {})

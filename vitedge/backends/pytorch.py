@@ -9,6 +9,7 @@ import numpy as np
 
 from vitedge.backends.base import Availability, Backend, Runner, register_backend
 from vitedge.envinfo import package_version
+from vitedge.errors import IncompatibleArtifact
 from vitedge.manifest import Manifest
 
 
@@ -62,8 +63,13 @@ def load_reference(manifest: Manifest) -> Any:
     from vitedge.models import load_model
 
     req = manifest["source"].get("request") or {"spec": manifest["source"]["spec"]}
-    return load_model(req["spec"], weights=req.get("weights"), num_classes=req.get("num_classes"),
-                      img_size=req.get("img_size"), labels=manifest.get("labels"))
+    loaded = load_model(req["spec"], weights=req.get("weights"), num_classes=req.get("num_classes"),
+                        img_size=req.get("img_size"), labels=manifest.get("labels"))
+    recorded = manifest["source"].get("weights_sha256")
+    if recorded and loaded.weights_sha256 and recorded != loaded.weights_sha256:
+        raise IncompatibleArtifact(f"the weights of {req['spec']} changed since this artifact was exported "
+                                   "(SHA-256 differs): re-export it, or the reference is another model")
+    return loaded
 
 
 @register_backend

@@ -30,7 +30,6 @@ from vitedge.backends.base import (
 )
 from vitedge.envinfo import gpu_info, package_version
 from vitedge.errors import BadInput, CompileFailed, EnvironmentProblem, IncompatibleArtifact
-from vitedge.fsutil import write_text_atomic
 from vitedge.manifest import Manifest
 
 TRT_ONNX = "model.trt.onnx"
@@ -60,6 +59,7 @@ class EngineSettings:
 
     @classmethod
     def from_options(cls, manifest: Manifest, extra: dict[str, Any]) -> "EngineSettings":
+        """From the export's I/O and the (already checked) --batch/--workspace/... flags."""
         inputs = manifest["io"]["inputs"]
         if len(inputs) != 1:
             raise BadInput(f"TensorRT compile expects one input, the export has {len(inputs)}")
@@ -67,19 +67,11 @@ class EngineSettings:
         onnx_facts = manifest.get("onnx", {})
         fixed = None if onnx_facts.get("dynamic_batch", True) else int(onnx_facts.get("batch") or shape[0])
         workspace = extra.get("workspace_gb")
-        if workspace is not None and workspace <= 0:
-            raise BadInput(f"--workspace takes a positive number of GB, got {workspace}")
-        opt_level = extra.get("opt_level")
-        if opt_level is not None and not 0 <= opt_level <= 5:
-            raise BadInput(f"--opt-level takes 0-5 (TensorRT's builder optimisation level), got {opt_level}")
-        compat = (extra.get("hardware_compat") or "none").lower()
-        if compat not in HARDWARE_COMPAT:
-            raise BadInput(f"--hardware-compat takes {' or '.join(HARDWARE_COMPAT)}, got {compat!r}")
         return cls(
             input_name=inputs[0]["name"], chw=tuple(int(d) for d in shape[1:]),  # type: ignore[arg-type]
             profile=parse_profile(extra.get("batch"), fixed), fixed_batch=fixed,
-            workspace_mib=int(workspace * 1024) if workspace else None, opt_level=opt_level,
-            timing_cache=extra.get("timing_cache"), hardware_compat=compat,
+            workspace_mib=int(workspace * 1024) if workspace else None, opt_level=extra.get("opt_level"),
+            timing_cache=extra.get("timing_cache"), hardware_compat=(extra.get("hardware_compat") or "none").lower(),
             version_compatible=bool(extra.get("version_compatible")),
         )
 
@@ -243,6 +235,7 @@ class TensorRTRunner(Runner):
 
         self.torch = torch
         self.device = torch.device("cuda", device_index)
+        torch.cuda.set_device(self.device)  # TensorRT deserializes and runs on the current device
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         if built and built.get("version_compatible"):
@@ -261,10 +254,12 @@ class TensorRTRunner(Runner):
         self.input_name, self.output_name = inputs[0], outputs[0]
         self.input_dtype = _torch_dtype(self.engine.get_tensor_dtype(self.input_name))
         self.output_dtype = _torch_dtype(self.engine.get_tensor_dtype(self.output_name))
-        dims = tuple(self.engine.get_tensor_shape(self.input_name))
-        self.batch_range = (tuple(self.engine.get_tensor_profile_shape(self.input_name, 0))[0][0],
-                            tuple(self.engine.get_tensor_profile_shape(self.input_name, 0))[2][0]) \
-            if dims[0] == -1 else (dims[0], dims[0])
+        batch = self.engine.get_tensor_shape(self.input_name)[0]
+        if batch == -1:  # dynamic: the optimisation profile's min and max
+            low, _, high = self.engine.get_tensor_profile_shape(self.input_name, 0)
+            self.batch_range = (low[0], high[0])
+        else:
+            self.batch_range = (batch, batch)
         self.stream = torch.cuda.Stream(self.device)
         self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
         self.info = {"backend": "tensorrt", "version": trt.__version__, "device": f"cuda:{device_index}",
@@ -332,40 +327,50 @@ class TensorRTBackend(Backend):
                                 "TensorRT needs an NVIDIA GPU, its driver and a CUDA build of torch")
         return Availability(True, version)
 
+    def check_options(self, options: CompileOptions) -> None:
+        """Flag values, checked before calibration data is loaded."""
+        extra = options.extra
+        parse_profile(extra.get("batch"), None)
+        if extra.get("workspace_gb") is not None and extra["workspace_gb"] <= 0:
+            raise BadInput(f"--workspace takes a positive number of GB, got {extra['workspace_gb']}")
+        if extra.get("opt_level") is not None and not 0 <= extra["opt_level"] <= 5:
+            raise BadInput(f"--opt-level takes 0-5 (TensorRT's builder optimisation level), got {extra['opt_level']}")
+        compat = (extra.get("hardware_compat") or "none").lower()
+        if compat not in HARDWARE_COMPAT:
+            raise BadInput(f"--hardware-compat takes {' or '.join(HARDWARE_COMPAT)}, got {compat!r}")
+        if (extra.get("io") or "fp32") not in ("fp32", "fp16"):
+            raise BadInput(f"--io takes fp32 or fp16, got {extra['io']!r}")
+        if extra.get("io") == "fp16" and options.precision == "fp32":
+            raise BadInput("--io fp16 needs --precision fp16 or int8")
+        margin = extra.get("fp16_margin")
+        if margin is not None and not 0 < margin <= 1:
+            raise BadInput(f"--fp16-margin is a fraction of FP16's range 65504, in (0, 1]; got {margin}")
+
     def compile(self, export_dir: Path, out_dir: Path, manifest: Manifest,
                 options: CompileOptions) -> Manifest:
         import onnx
 
         from vitedge.precision.trt_ready import check_trt_ready
 
-        extra = options.extra
-        settings = EngineSettings.from_options(manifest, extra)
-        io = extra.get("io") or "fp32"
-        if io not in ("fp32", "fp16"):
-            raise BadInput(f"--io takes fp32 or fp16, got {io!r}")
-        calibration = _calibration_inputs(options)
-        model = onnx.load(str(artifact_path(export_dir, manifest)))
-        graph, plan = trt_plan(model, artifact_path(export_dir, manifest), options, calibration,
-                               io_fp16=io == "fp16")
+        settings = EngineSettings.from_options(manifest, options.extra)
+        export_onnx = artifact_path(export_dir, manifest)
+        calibration = options.calibration.x if options.calibration is not None else None
+        graph, plan = trt_plan(onnx.load(str(export_onnx)), export_onnx, options, calibration)
         with ui.Step("checking TensorRT readiness"):
             ready = check_trt_ready(graph)
         onnx.save(graph, str(out_dir / TRT_ONNX))
-        verification = verify_on_cpu(artifact_path(export_dir, manifest), out_dir / TRT_ONNX,
-                                     _verification_data(options, manifest, calibration))
+        verification = verify_on_cpu(export_onnx, out_dir / TRT_ONNX, _verification_data(options, manifest))
         command = settings.trtexec_command()
-        write_text_atomic(out_dir / "build_engine.sh", f"#!/bin/sh\n# run in this directory on the target\n"
-                                                       f"{command}\n")
         manifest.update(
-            target="tensorrt", precision=options.precision,
             artifact={"model": ENGINE, "onnx": TRT_ONNX},
-            precision_plan=plan["nodes"], precision_summary=plan["summary"],
-            fp32_islands=plan["fp32_islands"], trt_ready=ready, cpu_verification=verification,
+            precision_plan=plan["nodes"], precision_summary=plan["summary"], fp16_plan=plan.get("fp16"),
+            trt_ready=ready, cpu_verification=verification,
             tensorrt={**asdict(settings), "trtexec": command},
         )
         available = self.availability()
         if not available.usable:
             manifest["incomplete"] = {
-                "reason": f"{available.reason}, so no engine was built ({available.install})",
+                "reason": f"{available.reason}, so no engine was built: {available.install}",
                 "next_step": f"on the target GPU, in the artifact directory: {command}  (or re-run this "
                              "`vitedge compile` there)",
             }
@@ -392,73 +397,55 @@ class TensorRTBackend(Backend):
         return TensorRTRunner(engine, built, index)
 
 
-def _calibration_inputs(options: CompileOptions) -> np.ndarray | None:
-    """The preprocessed calibration tensors compile_artifact loaded (None without --calib)."""
-    tensors = options.extra.get("calib_tensors")
-    return None if tensors is None else tensors.x
-
-
-def _verification_data(options: CompileOptions, manifest: Manifest,
-                       calibration: np.ndarray | None) -> dict[str, Any]:
+def _verification_data(options: CompileOptions, manifest: Manifest) -> dict[str, Any]:
     """Inputs for the CPU drift check: --val (labelled), else calibration, else seeded random."""
-    from vitedge.data import load_tensors, open_image_set, random_inputs
+    from vitedge.data import random_inputs
 
-    val = options.extra.get("val")
-    if val:
-        tensors = load_tensors(open_image_set(val, manifest.labels).subset(VERIFY_SAMPLES, seed=options.seed),
-                               manifest.preprocessing, description="verification images")
-        return {"x": tensors.x, "labels": tensors.labels, "source": str(val)}
-    if calibration is not None:
-        return {"x": calibration[:VERIFY_SAMPLES], "labels": None, "source": "calibration set"}
+    for tensors, source in ((options.validation, "--val"), (options.calibration, "calibration set")):
+        if tensors is not None:
+            rng = np.random.default_rng(options.seed)
+            pick = np.sort(rng.permutation(len(tensors.x))[:VERIFY_SAMPLES])
+            labels = tensors.labels[pick] if tensors.labels is not None else None
+            return {"x": tensors.x[pick], "labels": labels, "source": source}
     return {"x": random_inputs(manifest.preprocessing, 32, options.seed), "labels": None,
             "source": "seeded random inputs"}
 
 
-def trt_plan(model: Any, export_onnx: Path, options: CompileOptions, calibration: np.ndarray | None,
-             *, io_fp16: bool) -> tuple[Any, dict[str, Any]]:
-    """The graph TensorRT builds for the requested precision, and its precision plan record."""
+def trt_plan(model: Any, export_onnx: Path, options: CompileOptions,
+             calibration: np.ndarray | None) -> tuple[Any, dict[str, Any]]:
+    """The graph TensorRT builds for the requested precision, and its precision plan.
+
+    The plan: `nodes` (every compute node's dtype and why), `summary` (node counts per dtype)
+    and `fp16` (margin, I/O dtype, FP32 islands with reasons and PyTorch modules).
+    """
     from vitedge.precision.fp16 import DEFAULT_MARGIN, plan_fp16
     from vitedge.precision.int8 import IgnoredScope
 
     precision = options.precision
     keep = IgnoredScope.parse(options.extra.get("ignored_scope")).select(model)
     if precision == "fp32":
-        if io_fp16:
-            raise BadInput("--io fp16 needs --precision fp16 or int8")
-        return model, {"summary": {"fp32": "all nodes", "tf32": False}, "fp32_islands": [], "nodes": []}
+        return model, {"nodes": [], "summary": {"all": "fp32 (TF32 off)"}}
     margin = options.extra.get("fp16_margin") or DEFAULT_MARGIN
-    if not 0 < margin <= 1:
-        raise BadInput(f"--fp16-margin is a fraction of FP16's range 65504, in (0, 1]; got {margin}")
+    io_fp16 = options.extra.get("io") == "fp16"
     if calibration is None:
-        if precision == "int8":
-            raise BadInput("--precision int8 needs --calib (500 images or more recommended)")
         ui.warn("no --calib: FP32 islands only for LayerNorm/Softmax; pass --calib to also keep "
                 "large activations in FP32")
     if precision == "fp16":
         with ui.Step("FP16 plan: calibration statistics and FP32 islands"):
-            return plan_fp16(model, calibration, margin=margin, io_fp16=io_fp16, keep=keep)
-    quantized, int8_nodes = _quantize(export_onnx, options, calibration, keep)
-    with ui.Step("FP16 plan for the unquantized rest: calibration statistics and FP32 islands"):
-        graph, plan = plan_fp16(quantized, calibration, margin=margin, io_fp16=io_fp16, keep=keep)
-    islands = {i["node"]: i["reason"] for i in plan["fp32_islands"]}
-    nodes = []
-    for entry in int8_nodes:  # INT8 where quantized; else the FP16 plan's dtype for that node
-        if entry["dtype"] != "int8":
-            entry = {**entry, "dtype": "fp32" if entry["node"] in islands else "fp16",
-                     "reason": islands.get(entry["node"], f"{entry['reason']} (FP16)")}
-        nodes.append(entry)
-    for dtype in ("int8", "fp16", "fp32"):
-        plan["summary"][dtype] = sum(n["dtype"] == dtype for n in nodes)
-    plan["summary"]["calib_method"] = _calib_method(options)
-    return graph, {**plan, "nodes": nodes}
-
-
-def _calib_method(options: CompileOptions) -> str:
-    method = options.calib_method or TensorRTBackend.default_calib_method
-    if method not in TensorRTBackend.calib_methods:
-        raise BadInput(f"--calib-method for tensorrt takes {', '.join(TensorRTBackend.calib_methods)}; "
-                       f"got {method!r}")
-    return method
+            graph, fp16 = plan_fp16(model, calibration, margin=margin, io_fp16=io_fp16, keep=keep)
+        nodes = fp16.pop("nodes")
+    else:
+        quantized, int8_nodes = _quantize(export_onnx, options, calibration, keep)
+        with ui.Step("FP16 plan for the unquantized rest: calibration statistics and FP32 islands"):
+            graph, fp16 = plan_fp16(quantized, calibration, margin=margin, io_fp16=io_fp16, keep=keep)
+        fp16.pop("nodes")
+        islands = {i["node"]: i["reason"] for i in fp16["fp32_islands"]}
+        nodes = [entry if entry["dtype"] == "int8" else  # INT8 where quantized, else FP16 unless an island
+                 {**entry, "dtype": "fp32" if entry["node"] in islands else "fp16",
+                  "reason": islands.get(entry["node"], f"{entry['reason']} (FP16)")}
+                 for entry in int8_nodes]
+    summary = {dtype: sum(n["dtype"] == dtype for n in nodes) for dtype in ("int8", "fp16", "fp32")}
+    return graph, {"nodes": nodes, "summary": {k: v for k, v in summary.items() if v}, "fp16": fp16}
 
 
 def _quantize(export_onnx: Path, options: CompileOptions, calibration: np.ndarray,
@@ -470,7 +457,7 @@ def _quantize(export_onnx: Path, options: CompileOptions, calibration: np.ndarra
 
     from vitedge.precision.int8 import quantize_qdq
 
-    method = _calib_method(options)
+    method = options.calib_method or TensorRTBackend.default_calib_method
     with tempfile.TemporaryDirectory(prefix="vitedge-trt-int8-") as tmp:
         out = Path(tmp) / "int8.onnx"
         nodes = quantize_qdq(export_onnx, out, calibration, method="minmax" if method == "max" else method,

@@ -154,7 +154,7 @@ def upgrade_for_fp16_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
 def convert_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str], *,
                  io_fp16: bool = False) -> onnx.ModelProto:
     """A copy of MODEL in FP16 except the nodes named in KEEP_FP32, with Casts at every border."""
-    model = upgrade_for_fp16_qdq(model)
+    model = upgrade_for_fp16_qdq(model)  # so Q/DQ can be FP16 too
     converted = onnx.ModelProto()
     converted.CopyFrom(model)
     name_nodes(converted)
@@ -177,20 +177,17 @@ class _Converter:
         self.types = float_tensor_types(model)
         self.io_fp16 = io_fp16
         self.inits = {i.name: i for i in self.graph.initializer}
-        fp16_ops = FP16_OPS | (QDQ_OPS if default_opset(model) >= QDQ_MIN_OPSET else frozenset())
         self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
         for node in self.graph.node:
             for i, t in enumerate(node.input):
                 self.consumers[t].append((node, i))
-        followers = {"QuantizeLinear", "DequantizeLinear", "Constant"}
+        followers = ("DequantizeLinear", "QuantizeLinear", "Constant")  # in this order (Q reads its DQs)
         self.low = {n.name for n in self.graph.node
-                    if n.op_type in fp16_ops and n.op_type not in followers and n.name not in keep_fp32
+                    if n.op_type in FP16_OPS and n.op_type not in followers and n.name not in keep_fp32
                     and (_float_inputs(n, self.types) or any(self.types.get(t) == FLOAT for t in n.output))}
-        # Followers take the precision of their consumers: DQ before Q, both before Constant.
-        for op in ("DequantizeLinear", "QuantizeLinear", "Constant"):
+        for op in followers:  # followers take the precision of the nodes that read them
             for node in self.graph.node:
-                if node.op_type == op and op in fp16_ops and node.name not in keep_fp32 \
-                        and self._follower_is_fp16(node):
+                if node.op_type == op and node.name not in keep_fp32 and self._follower_is_fp16(node):
                     self.low.add(node.name)
 
     def want(self, node: onnx.NodeProto, index: int) -> int | None:
@@ -399,8 +396,8 @@ def plan_fp16(model: onnx.ModelProto, calibration: np.ndarray | None, *, margin:
               io_fp16: bool = False, keep: Iterable[str] = ()) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """FP16 graph with FP32 islands chosen from CALIBRATION (NCHW float32), and its record.
 
-    The record: `summary` (counts, margin, I/O dtype), `fp32_islands` (node, op, PyTorch
-    module, reason) and `nodes` (every compute node's dtype and why).
+    The record: margin, I/O dtype, Casts added, calibration facts, `fp32_islands` (node, op,
+    PyTorch module, reason) and `nodes` (every compute node's dtype and why).
     """
     named = onnx.ModelProto()
     named.CopyFrom(model)
@@ -411,9 +408,7 @@ def plan_fp16(model: onnx.ModelProto, calibration: np.ndarray | None, *, margin:
     converted = convert_fp16(named, [i.node for i in islands], io_fp16=io_fp16)
     nodes = node_precisions(named, islands)
     finite = [v for v in ranges.values() if np.isfinite(v)]
-    summary = {
-        "fp16": sum(n["dtype"] == "fp16" for n in nodes),
-        "fp32": sum(n["dtype"] == "fp32" for n in nodes),
+    record = {
         "io": "fp16" if io_fp16 else "fp32",
         "fp16_margin": margin,
         "fp16_threshold": margin * FP16_MAX,
@@ -421,5 +416,7 @@ def plan_fp16(model: onnx.ModelProto, calibration: np.ndarray | None, *, margin:
         - sum(n.op_type == "Cast" for n in named.graph.node),
         "calibration_samples": len(calibration) if has_data else 0,
         "calibration_max_abs": max(finite) if finite else None,
+        "fp32_islands": [asdict(i) for i in islands],
+        "nodes": nodes,
     }
-    return converted, {"summary": summary, "fp32_islands": [asdict(i) for i in islands], "nodes": nodes}
+    return converted, record

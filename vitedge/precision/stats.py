@@ -28,7 +28,7 @@ def float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def activation_ranges(model: onnx.ModelProto, inputs: np.ndarray, batch_size: int = 16,
+def activation_ranges(model: onnx.ModelProto, inputs: np.ndarray, batch_size: int = 8,
                       threads: int | None = None) -> dict[str, float]:
     """Max |x| over INPUTS (NCHW float32) of the graph input and every float32 node output."""
     types = float_tensor_types(model)

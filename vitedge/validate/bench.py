@@ -9,6 +9,8 @@ the numbers into an exit code; `reports` writes JSON / JUnit / Markdown / HTML.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +37,12 @@ DRIFT_BATCH = 32
 DEVICES = ("cpu", "cuda")
 # Backends that run on the --device; the others are CPU runtimes whatever --device says.
 _DEVICE_BACKENDS = {"pytorch", "tensorrt"}
+# The library each backend loads, imported before a runner's load is timed so that the
+# first artifact of a backend is not charged the library's import time and memory.
+_RUNTIME_MODULES = {"pytorch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino",
+                    "tensorrt": "tensorrt"}
+# Runners timed in one process must not spin-wait between calls (it starves the next runner).
+_RUNNER_OPTIONS = {"spinning": False}
 REFERENCE_NOTE = ("PyTorch eager FP32 (TF32 disabled on GPUs), rebuilt from the export's model spec "
                   "and weights; every speedup is a ratio of latencies measured in this run.")
 
@@ -194,7 +202,12 @@ def _latency_input(x: np.ndarray, batch: int) -> np.ndarray:
     return np.ascontiguousarray(np.take(x, np.arange(batch) % len(x), axis=0))
 
 
-def _measure_load(load: Callable[[], Any]) -> tuple[Any, float, int]:
+def _measure_load(backend: str, load: Callable[[], Any]) -> tuple[Any, float, int]:
+    """(what load() returns, its seconds, RSS before it), after importing the backend's library."""
+    try:
+        importlib.import_module(_RUNTIME_MODULES.get(backend, backend))
+    except ImportError:
+        pass  # load() reports the missing runtime with its install hint
     rss = process_rss_bytes()
     start = time.perf_counter()
     loaded = load()
@@ -217,12 +230,12 @@ def _open_reference(reference: str | Path, ref_dir: Path | None, loaded: Any, de
         if ref_dir is not None:
             import vitedge
 
-            predictor, load_s, rss = _measure_load(
-                lambda: vitedge.load(ref_dir, backend="pytorch", device=device, threads=threads))
+            predictor, load_s, rss = _measure_load("pytorch", lambda: vitedge.load(
+                ref_dir, backend="pytorch", device=device, threads=threads, **_RUNNER_OPTIONS))
             runner, predict, source = predictor.runner, predictor.predict, str(ref_dir)
             labels = predictor.labels
         else:
-            runner, load_s, rss = _measure_load(lambda: TorchRunner(loaded.module, device, threads))
+            runner, load_s, rss = _measure_load("pytorch", lambda: TorchRunner(loaded.module, device, threads))
             predict, source, labels = runner.infer, str(reference), loaded.labels
         module = runner.module
         size = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
@@ -241,7 +254,8 @@ def _open_candidate(name: str, path: Path, manifest: Manifest, device: str, thre
     backend = _TARGET_BACKEND.get(target, target)
     run_device = device if backend in _DEVICE_BACKENDS else "cpu"
     with ui.Step(f"loading {name} ({backend})"):
-        predictor, load_s, rss = _measure_load(lambda: vitedge.load(path, device=run_device, threads=threads))
+        predictor, load_s, rss = _measure_load(backend, lambda: vitedge.load(
+            path, device=run_device, threads=threads, **_RUNNER_OPTIONS))
         onnx = manifest.get("onnx", {})
         fixed = None if onnx.get("dynamic_batch", True) else onnx.get("batch")
         files = manifest.get("files") or {}
@@ -278,7 +292,8 @@ def _latency(subjects: list[Subject], x: np.ndarray, batches: list[int], warmup:
 
 
 def _runtime_info(runner: Runner) -> dict[str, Any]:
-    info = {k: v for k, v in runner.info.items() if isinstance(v, (str, int, float, bool, list)) or v is None}
+    """What the runner reports about itself (threads, streams, precision run...), JSON-safe."""
+    info = json.loads(json.dumps(runner.info, default=str))
     device = str(info.get("device", "cpu"))
     info.setdefault("threads", None)
     info.setdefault("streams", None)

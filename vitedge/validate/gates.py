@@ -147,6 +147,9 @@ def parse_gate(text: str) -> Gate:
     try:
         bound = float(right_text)
     except ValueError:
+        if ":" not in right_text and "[" not in right_text:
+            raise BadInput(f"gate {text!r}: cannot read {right_text!r} as a number; compare with a number, "
+                           f"or with another artifact's metric as METRIC[NAME]") from None
         right = _operand(right_text, text)
         if left.subject is None or right.subject is None:
             raise BadInput(f"gate {text!r}: an ordering gate names an artifact on both sides, "

@@ -43,7 +43,8 @@ th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numer
 .pass{background:#2e7d32}.fail{background:#c62828}.none{background:#757575}
 figure.plot{margin:12px 0}figcaption{color:#555;font-size:12px}
 svg.chart text{font:11px system-ui,sans-serif;fill:#333}svg.chart .axis{stroke:#999}
-svg.chart .grid{stroke:#eee}.muted{color:#666;font-size:12px}code{background:#f4f4f4;padding:0 3px}
+svg.chart .grid{stroke:#eee}.scroll{overflow-x:auto}.pass-text{color:#2e7d32;font-weight:600}
+.fail-text{color:#c62828;font-weight:600}.muted{color:#666;font-size:12px}code{background:#f4f4f4;padding:0 3px}
 """
 
 
@@ -58,7 +59,7 @@ def render_html(report: dict[str, Any]) -> str:
         "<h2>Summary</h2>", _table(summary_rows(report)),
     ]
     if gates:
-        body += ["<h2>Gates</h2>", _table([{"": "✅" if g["passed"] else "❌", "gate": g["gate"],
+        body += ["<h2>Gates</h2>", _table([{"result": "PASS" if g["passed"] else "FAIL", "gate": g["gate"],
                                              "check": g["message"]} for g in gates])]
     body.append("<h2>Latency distribution</h2>")
     body += [_figure(f"latency-b{b}", latency_plot(report, b, colors),
@@ -106,10 +107,12 @@ def _table(rows: list[dict[str, str]]) -> str:
     cols = list(rows[0])
     head = "".join(f"<th>{escape(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(_cell(str(r[c])) for c in cols) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def _cell(text: str) -> str:
+    if text in ("PASS", "FAIL"):
+        return f"<td class='{text.lower()}-text'>{text}</td>"
     numeric = _NUMERIC.fullmatch(text) is not None
     return f"<td class='num'>{escape(text)}</td>" if numeric else f"<td>{escape(text)}</td>"
 

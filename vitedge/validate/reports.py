@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vitedge.fsutil import write_text_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 stdout = Console(highlight=False)
+LOG_WIDTH = 200
 
 
 def load_schema() -> dict[str, Any]:
@@ -128,13 +130,16 @@ def print_summary(report: dict[str, Any]) -> None:
                          no_wrap=True)
     for row in rows:
         table.add_row(*row.values())
-    stdout.print(table, width=stdout.width if stdout.is_terminal else 200)
-    stdout.print(settings_line(report), soft_wrap=True)
+    # A log (CI, a pipe) gets a wide table rather than one squeezed to 80 columns.
+    console = stdout if stdout.is_terminal else Console(highlight=False, width=LOG_WIDTH)
+    console.print(table)
+    console.print(escape(settings_line(report)), soft_wrap=True)
     for gate in report["gates"]:
         mark = "[green]PASS[/green]" if gate["passed"] else "[red]FAIL[/red]"
-        stdout.print(f"  {mark} [{gate['gate']}] {gate['message']}", soft_wrap=True, markup=True)
+        text = escape(f"[{gate['gate']}] {gate['message']}")
+        console.print(f"  {mark} {text}", soft_wrap=True)
     if report.get("files"):
-        stdout.print(f"reports: {', '.join(report['files'].values())}", soft_wrap=True)
+        console.print(escape(f"reports: {', '.join(report['files'].values())}"), soft_wrap=True)
 
 
 # -- JUnit ------------------------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""`vitedge bench`: drift and latency against the PyTorch reference, gates and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vitedge.validate.bench import run_bench
+
+FAST = ("--max-images", "40", "--iters", "3", "--warmup", "1")
+
+
+def test_reference_against_its_own_export_agrees_exactly(demo_export: Path, digits_val: Path,
+                                                        tmp_path: Path) -> None:
+    report = run_bench([demo_export], reference=demo_export, data=digits_val, batches=[1, 2],
+                       max_images=40, warmup=1, iters=3, report_dir=tmp_path)
+    (art,) = report["artifacts"]
+    drift = art["drift"]
+    assert drift["samples"] == 40
+    assert drift["top1_agreement"] == 1.0 and drift["top5_overlap"] == 1.0
+    assert drift["max_abs_err"] < 1e-4 and drift["kl_mean"] < 1e-9 and drift["cosine_min"] > 0.999999
+    assert drift["acc_delta"] == 0.0 and drift["top1_acc"] == report["reference"]["accuracy"]["top1_acc"]
+    assert art["worst"] == []
+    assert all(row["delta"] == 0.0 and row["agreement"] == 1.0 for row in art["per_class"])
+    assert sum(row["count"] for row in art["per_class"]) == 40
+    for entry in (report["reference"], art):
+        assert [row["batch"] for row in entry["latency"]] == [1, 2]
+        assert all(row["measured"] and len(row["samples_ms"]) == 3 for row in entry["latency"])
+        assert entry["runtime"]["timer"] == "perf_counter"
+        assert entry["runtime"]["threads"] == os.cpu_count()  # every runner: all cores by default
+        assert entry["size_mb"] > 0 and entry["load_s"] > 0
+    assert all("speedup_p50" in row for row in art["latency"])
+    assert "speedup_p50" not in report["reference"]["latency"][0]
+    assert art["runtime"]["spinning"] is False  # ORT threads must not starve the next runner
+    assert report["data"] == {**report["data"], "labelled": True, "samples": 40, "skipped": 0}
+    assert report["status"] == "passed" and report["gates"] == []
+    assert set(report["files"]) == {"json", "xml", "md", "html"}
+
+
+def test_gates_pass_exit_0_and_impossible_gate_exits_1(cli, demo_export: Path, digits_val: Path,
+                                                       tmp_path: Path) -> None:
+    args = ("bench", demo_export, "--reference", demo_export, "--data", digits_val, "--batch", "1", *FAST)
+    ok = cli(*args, "--gate", "top1_agreement>=0.99", "--gate", "export:acc_drop <= 0.001",
+             "--gate", "onnx-fp32:max_abs_err<=1e-4", "--report", tmp_path / "ok")
+    assert ok.code == 0, ok.text
+    assert "vitedge bench: all 3 gate checks passed" in ok.out
+    assert json.loads((tmp_path / "ok" / "report.json").read_text())["status"] == "passed"
+
+    bad = cli(*args, "--gate", "top1_agreement>=0.99", "--gate", "speedup_p50>=1000",
+              "--report", tmp_path / "bad")
+    assert bad.code == 1, bad.text
+    assert "1 of 2 gate checks failed" in bad.err
+    failing = [line.strip() for line in bad.err.splitlines() if line.strip().startswith("FAIL")]
+    assert len(failing) == 1
+    assert failing[0].startswith("FAIL [speedup_p50>=1000] export: speedup_p50@b1 = ")
+    assert failing[0].endswith(", needs >= 1000")
+    assert json.loads((tmp_path / "bad" / "report.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (("--gate", "top1_agreemnt>=0.9"), "unknown metric 'top1_agreemnt'; valid metrics are"),
+    (("--gate", "ghost:top1_agreement>=0.9"), "no artifact named 'ghost'"),
+    (("--batch", "0"), "positive integers"),
+    (("--device", "tpu"), "--device must be one of cpu, cuda"),
+    (("--iters", "0"), "--iters must be >= 1"),
+])
+def test_bad_input_exits_2_before_measuring(cli, demo_export: Path, digits_val: Path, extra: tuple[str, ...],
+                                            needle: str) -> None:
+    result = cli("bench", demo_export, "--reference", demo_export, "--data", digits_val, *FAST, *extra)
+    assert result.code == 2, result.text
+    assert needle in result.err
+
+
+def test_missing_paths_exit_2(cli, demo_export: Path, digits_val: Path, tmp_path: Path) -> None:
+    no_artifact = cli("bench", tmp_path / "nope", "--reference", demo_export, "--data", digits_val)
+    assert no_artifact.code == 2 and "does not exist" in no_artifact.err
+    no_data = cli("bench", demo_export, "--reference", demo_export, "--data", tmp_path / "nodata")
+    assert no_data.code == 2 and "does not exist" in no_data.err
+
+
+def test_other_preprocessing_is_refused(cli, demo_export_copy: Path, demo_export: Path, digits_val: Path) -> None:
+    manifest_path = demo_export_copy / "vitedge.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["preprocessing"]["mean"] = [0.485, 0.456, 0.406]
+    manifest_path.write_text(json.dumps(manifest))
+    result = cli("bench", demo_export_copy, "--reference", demo_export, "--data", digits_val, *FAST)
+    assert result.code == 2 and "preprocessing differs from the reference's (mean)" in result.err
+
+
+def test_unlabelled_data_groups_by_reference_class(cli, demo_export: Path, digits_val: Path,
+                                                   tmp_path: Path) -> None:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, image in enumerate(sorted(digits_val.rglob("*.png"))[::20]):
+        shutil.copy(image, flat / f"{i:03d}.png")
+    count = len(list(flat.iterdir()))
+    result = cli("bench", demo_export, "--reference", demo_export, "--data", flat, "--batch", "1",
+                 "--iters", "2", "--warmup", "0", "--report", tmp_path / "r")
+    assert result.code == 0, result.text
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["data"]["labelled"] is False and "accuracy" not in report["reference"]
+    (art,) = report["artifacts"]
+    assert "acc_delta" not in art["drift"] and sum(r["count"] for r in art["per_class"]) == count
+    assert all("delta" not in r for r in art["per_class"])
+    needs_labels = cli("bench", demo_export, "--reference", demo_export, "--data", flat, "--gate", "acc_drop<=0.1")
+    assert needs_labels.code == 2 and "acc_drop needs labels" in needs_labels.err
+
+
+def test_static_batch_artifact_is_timed_at_its_batch_only(demo_export_copy: Path, demo_export: Path,
+                                                          digits_val: Path) -> None:
+    """A fixed-batch artifact: drift pads the last batch; latency only at its own batch size."""
+    manifest_path = demo_export_copy / "vitedge.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["onnx"].update(dynamic_batch=False, batch=2)
+    manifest_path.write_text(json.dumps(manifest))
+    from vitedge.errors import GateFailed
+
+    with pytest.raises(GateFailed, match=r"export: p50_ms@b1 was not measured"):
+        run_bench([demo_export_copy], reference=demo_export, data=digits_val, batches=[1, 2], max_images=33,
+                  warmup=0, iters=2, gates=["p50_ms<=1e9"])
+    report = run_bench([demo_export_copy], reference=demo_export, data=digits_val, batches=[1, 2],
+                       max_images=33, warmup=0, iters=2)
+    (art,) = report["artifacts"]
+    assert art["fixed_batch"] == 2 and art["drift"]["samples"] == 33 and art["drift"]["top1_agreement"] == 1.0
+    assert [(row["batch"], row["measured"]) for row in art["latency"]] == [(1, False), (2, True)]
+
+
+def test_quiet_prints_no_table(cli, demo_export: Path, digits_val: Path) -> None:
+    result = cli("--quiet", "bench", demo_export, "--reference", demo_export, "--data", digits_val,
+                 "--batch", "1", *FAST)
+    assert result.code == 0, result.text
+    assert result.out == "" and "vitedge bench" not in result.err

@@ -1,0 +1,454 @@
+"""`vitedge run RECIPE.yaml`: export -> compile (several targets) -> bench -> gates -> reports.
+
+A recipe is validated in full (schema, paths, targets, gates) before any work starts.
+Paths written in a recipe are relative to the recipe file; paths given with `--set` are
+relative to the current directory; the default output dir is `runs/<name>/` under the
+current directory. Each step records a hash of its inputs in OUT_DIR/vitedge-run.json and
+is skipped on the next run when that hash is unchanged and its output still verifies.
+docs/bench.md lists every key.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import difflib
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vitedge import __version__, ui
+from vitedge.errors import BadInput, VitedgeError
+from vitedge.fsutil import sha256_file, sha256_json, write_json_atomic, write_text_atomic
+from vitedge.manifest import Manifest
+
+STATE_FILE = "vitedge-run.json"
+RESOLVED_FILE = "recipe.resolved.yaml"
+RECIPE_VERSION = 1
+
+_PATH = {"type": "string", "minLength": 1}
+_POSITIVE = {"type": "integer", "minimum": 1}
+# `vitedge compile` options a target may set (the CLI flags, snake_case).
+COMPILE_OPTIONS: dict[str, Any] = {
+    "val": _PATH, "max_drop": {"type": "number", "minimum": 0},
+    "ignored_scope": {"type": "array", "items": {"type": "string"}},
+    "threads": _POSITIVE, "streams": _POSITIVE, "hint": {"enum": ["latency", "throughput"]},
+    "batch": {"type": ["string", "integer"]}, "workspace_gb": {"type": "number", "exclusiveMinimum": 0},
+    "opt_level": {"type": "integer", "minimum": 0, "maximum": 5}, "timing_cache": _PATH,
+    "hardware_compat": {"type": "string"}, "version_compatible": {"type": "boolean"},
+    "io": {"enum": ["fp32", "fp16"]}, "fp16_margin": {"type": "number", "exclusiveMinimum": 0},
+    "quantize_attention": {"type": "boolean"},
+}
+
+
+def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(required),
+            "additionalProperties": False}
+
+
+def recipe_schema() -> dict[str, Any]:
+    """The recipe's JSON Schema; targets and precisions come from the backend registry."""
+    from vitedge.backends import all_backends
+
+    backends = {name: b for name, b in all_backends().items() if name != "pytorch"}
+    return _object({
+        "version": {"const": RECIPE_VERSION},
+        "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
+        "output": _PATH,
+        "model": _object({
+            "spec": {"type": "string", "minLength": 1}, "weights": _PATH,
+            "random_init_seed": {"type": "integer", "minimum": 0},
+            "num_classes": _POSITIVE, "img_size": {"type": "integer", "minimum": 8},
+            "labels": _PATH,
+        }, ("spec",)),
+        "export": _object({
+            "opset": {"type": "integer", "minimum": 17}, "batch": {"anyOf": [{"const": "dynamic"}, _POSITIVE]},
+            "atol": {"type": "number", "exclusiveMinimum": 0}, "data": _PATH,
+        }),
+        "calibration": _object({
+            "data": _PATH, "size": _POSITIVE, "seed": {"type": "integer", "minimum": 0},
+        }),
+        "targets": {"type": "array", "minItems": 1, "items": _object({
+            "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
+            "target": {"enum": sorted(backends)},
+            "precision": {"enum": sorted({p for b in backends.values() for p in b.precisions})},
+            "calib_method": {"type": "string"}, "calib_size": _POSITIVE,
+            "options": _object(COMPILE_OPTIONS),
+        }, ("target", "precision"))},
+        "bench": _object({
+            "data": _PATH, "reference": {"type": "string", "minLength": 1},
+            "batches": {"type": "array", "items": _POSITIVE, "minItems": 1},
+            "device": {"enum": ["cpu", "cuda"]}, "max_images": _POSITIVE,
+            "warmup": {"type": "integer", "minimum": 0}, "iters": _POSITIVE, "threads": _POSITIVE,
+            "worst": {"type": "integer", "minimum": 0},
+        }, ("data",)),
+        "gates": {"type": "array", "items": {"type": "string", "minLength": 1}},
+    }, ("model", "targets", "bench"))
+
+
+# Keys holding paths ("*": any list index). Recipe-file values resolve against the recipe's
+# folder, --set values against the current directory.
+PATH_KEYS = (("output",), ("model", "weights"), ("model", "labels"), ("export", "data"),
+             ("calibration", "data"), ("bench", "data"), ("targets", "*", "options", "val"),
+             ("targets", "*", "options", "timing_cache"))
+SPEC_KEYS = (("model", "spec"), ("bench", "reference"))
+_SPEC_FILE_SUFFIXES = (".pt2", ".pt", ".ts", ".torchscript", ".jit")
+
+
+def _matches(key: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    return len(key) == len(pattern) and all(p in ("*", k) for k, p in zip(key, pattern, strict=True))
+
+
+def _resolve_path(value: Any, base: Path) -> Any:
+    return str((base / value).resolve()) if isinstance(value, str) else value
+
+
+def _resolve_spec(value: Any, base: Path) -> Any:
+    """MODEL specs that name a file or folder (hf:DIR, .pt2, TorchScript, an export dir)."""
+    if not isinstance(value, str) or value == "export":  # bench.reference: the recipe's own export
+        return value
+    if value.startswith("hf:"):
+        return "hf:" + str((base / value[3:]).resolve())
+    candidate = base / value
+    if ":" not in value and (value.endswith(_SPEC_FILE_SUFFIXES) or candidate.is_dir()):
+        return str(candidate.resolve())
+    return value
+
+
+def _walk(data: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key path in nested dicts and lists."""
+    keys = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            keys.append((*prefix, str(k)))
+            keys += _walk(v, (*prefix, str(k)))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            keys.append((*prefix, str(i)))
+            keys += _walk(v, (*prefix, str(i)))
+    return keys
+
+
+def _get(data: Any, key: tuple[str, ...]) -> Any:
+    for part in key:
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def _set(data: dict[str, Any], key: tuple[str, ...], value: Any, text: str) -> None:
+    node: Any = data
+    for i, part in enumerate(key[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise BadInput(f"--set {text}: {'.'.join(key[:i])} has {len(node)} items, no [{part}]")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise BadInput(f"--set {text}: {'.'.join(key[:i])} is not a mapping or a list")
+    last = key[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise BadInput(f"--set {text}: {'.'.join(key[:-1])} has {len(node)} items, no [{last}]")
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise BadInput(f"--set {text}: {'.'.join(key[:-1])} is not a mapping or a list")
+
+
+def _resolve_paths(data: dict[str, Any], base: Path, only: tuple[str, ...] | None = None) -> None:
+    """Make the path (and file-naming spec) values of DATA absolute, relative to BASE."""
+    for key in _walk(data):
+        if only is not None and key != only:
+            continue
+        if any(_matches(key, p) for p in PATH_KEYS):
+            _set(data, key, _resolve_path(_get(data, key), base), ".".join(key))
+        elif any(_matches(key, p) for p in SPEC_KEYS):
+            _set(data, key, _resolve_spec(_get(data, key), base), ".".join(key))
+
+
+def _parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise BadInput(f"--set takes key=value (dotted keys, e.g. bench.iters=50), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return tuple(key.strip().split(".")), value
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read, override and validate a recipe; every path in the result is absolute."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"recipe {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise BadInput(f"recipe {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadInput(f"recipe {path} must be a mapping of keys (model, targets, bench, ...)")
+    _resolve_paths(data, path.parent.resolve())
+    for text in overrides:
+        key, value = _parse_override(text)
+        _set(data, key, value, text)
+        _resolve_paths(data, Path.cwd(), only=key)
+    data.setdefault("name", path.stem)
+    _validate(data, path)
+    return data
+
+
+def _validate(data: dict[str, Any], path: Path) -> None:
+    """Schema first (each error names its key), then what a schema cannot say."""
+    import jsonschema
+
+    schema = recipe_schema()
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        lines = [_explain(e, schema) for e in errors[:8]]
+        raise BadInput(f"recipe {path} is not valid:\n  " + "\n  ".join(lines))
+    names = [t.get("name") or f"{t['target']}-{t['precision']}" for t in data["targets"]]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise BadInput(f"recipe {path}: targets share the name {', '.join(duplicates)}; give each a `name:`")
+    from vitedge.backends import get_backend
+
+    for i, target in enumerate(data["targets"]):
+        backend = get_backend(target["target"])
+        where = f"targets.{i} ({names[i]})"
+        if target["precision"] not in backend.precisions:
+            raise BadInput(f"recipe {path}: {where}: {target['target']} does not support precision "
+                           f"{target['precision']}; choose one of {', '.join(backend.precisions)}")
+        method = target.get("calib_method")
+        if method is not None and method not in backend.calib_methods:
+            raise BadInput(f"recipe {path}: {where}.calib_method: {method!r} is not one of "
+                           f"{', '.join(backend.calib_methods) or 'none (it does not calibrate)'}")
+        if target["precision"] == "int8" and not data.get("calibration", {}).get("data"):
+            raise BadInput(f"recipe {path}: {where} is int8 and needs calibration.data (an image folder)")
+    model = data["model"]
+    if model["spec"].split(":")[0] in ("timm", "torchvision") and not model.get("weights") \
+            and model.get("random_init_seed") is None:
+        raise BadInput(f"recipe {path}: {model['spec']} has no weights: set model.weights to a state dict, "
+                       "or model.random_init_seed for a seeded random init (speed comparisons only)")
+    for key in PATH_KEYS:
+        for found in (k for k in _walk(data) if _matches(k, key) and key != ("output",)):
+            if not Path(_get(data, found)).exists():
+                raise BadInput(f"recipe {path}: {'.'.join(found)}: {_get(data, found)} does not exist")
+    _check_gates(data, names)
+
+
+def _explain(error: Any, schema: dict[str, Any]) -> str:
+    """One line per schema error, naming the key (and the nearest valid key for typos)."""
+    where = ".".join(str(p) for p in error.path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hints.append(f"unknown key {'.'.join([*map(str, error.path), key])!r}"
+                         + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return "; ".join(hints) + f"; valid keys here: {', '.join(allowed)}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+    return f"{where}: {error.message}"
+
+
+def _check_gates(data: dict[str, Any], names: list[str]) -> None:
+    """Gates are checked against the recipe's targets and batches before anything runs."""
+    from vitedge.data import open_image_set
+    from vitedge.validate import gates as gatelib
+
+    aliases: dict[str, list[str]] = {}
+    for name, target in zip(names, data["targets"], strict=True):
+        aliases.setdefault(f"{target['target']}-{target['precision']}", []).append(name)
+    bench = data["bench"]
+    subjects = gatelib.Subjects(
+        names, {a: n[0] for a, n in aliases.items() if len(n) == 1 and a not in names},
+        sorted(set(bench.get("batches", [1, 8]))), open_image_set(bench["data"]).labelled)
+    gatelib.plan([gatelib.parse_gate(g) for g in data.get("gates", [])], subjects)
+
+
+# -- hashing ----------------------------------------------------------------------------------
+
+def tree_hash(path: str | Path) -> str:
+    """SHA-256 over the relative names and contents of every file under PATH (or of one file)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() if file != path else file.name.encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+# -- the pipeline -----------------------------------------------------------------------------
+
+@dataclass
+class StepState:
+    """OUT_DIR/vitedge-run.json: each step's input hash from its last successful run."""
+
+    path: Path
+    steps: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, out_dir: Path) -> "StepState":
+        path = out_dir / STATE_FILE
+        try:
+            steps = json.loads(path.read_text()).get("steps", {}) if path.is_file() else {}
+        except (json.JSONDecodeError, AttributeError):
+            steps = {}  # a damaged state only costs a re-run
+        return cls(path, steps)
+
+    def unchanged(self, step: str, input_hash: str, output_ok: Callable[[], bool]) -> bool:
+        return self.steps.get(step, {}).get("input_hash") == input_hash and output_ok()
+
+    def record(self, step: str, input_hash: str, seconds: float) -> None:
+        self.steps[step] = {"input_hash": input_hash, "seconds": round(seconds, 2),
+                            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, {"vitedge_version": __version__, "steps": self.steps})
+
+
+def _artifact_ok(artifact_dir: Path) -> Callable[[], bool]:
+    """Whether ARTIFACT_DIR holds a manifest whose files all match their hashes and whose
+    source weights file (when it records one, e.g. a model's built-in weights) is unchanged."""
+    def check() -> bool:
+        try:
+            manifest = Manifest.load(artifact_dir)
+            manifest.verify_files(artifact_dir)
+        except VitedgeError:
+            return False
+        source = manifest.get("source", {})
+        weights, recorded = source.get("weights"), source.get("weights_sha256")
+        return not (weights and recorded and Path(weights).is_file() and sha256_file(weights) != recorded)
+
+    return check
+
+
+def _step(state: StepState, step: str, input_hash: str, output_ok: Callable[[], bool],
+          work: Callable[[], Any], counter: dict[str, int]) -> None:
+    """Run WORK unless the step's inputs are unchanged and its output is intact."""
+    counter["n"] += 1
+    label = f"[{counter['n']}/{counter['total']}] {step}"
+    if state.unchanged(step, input_hash, output_ok):
+        ui.info(f"{label}: unchanged, skipped")
+        counter["skipped"] += 1
+        return
+    ui.info(f"{label} ...")
+    start = time.perf_counter()
+    work()
+    state.record(step, input_hash, time.perf_counter() - start)
+    ui.info(f"{label}: done in {time.perf_counter() - start:.1f} s")
+
+
+def _random_weights(spec: str, seed: int, num_classes: int | None, img_size: int | None, out: Path) -> None:
+    """A seeded random init saved as safetensors, so the export and the reference share weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vitedge.models import load_model
+
+    torch.manual_seed(seed)
+    loaded = load_model(spec, num_classes=num_classes, img_size=img_size)
+    state = {k: v.detach().contiguous() for k, v in loaded.module.state_dict().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(state, str(tmp))
+    tmp.replace(out)
+
+
+def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
+               overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run RECIPE: the steps whose inputs changed, then bench with gates; return the report."""
+    from vitedge import api
+    from vitedge.backends import get_backend
+    from vitedge.compile import compile_artifact, print_compile_summary
+    from vitedge.validate.bench import run_bench
+
+    recipe = load_recipe(recipe_path, overrides)
+    out = Path(out_dir) if out_dir is not None else Path(recipe.get("output") or Path("runs") / recipe["name"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / RESOLVED_FILE, yaml.safe_dump(recipe, sort_keys=False))
+    state = StepState.load(out)
+    model, export_opts = recipe["model"], recipe.get("export", {})
+    bench, calibration = recipe["bench"], recipe.get("calibration", {})
+    targets = recipe["targets"]
+    random_init = model.get("weights") is None and model.get("random_init_seed") is not None
+    counter = {"n": 0, "skipped": 0, "total": 2 + len(targets) + random_init}
+    ui.info(f"recipe {recipe['name']} -> {out}")
+
+    weights = model.get("weights")
+    if random_init:
+        seed = model["random_init_seed"]
+        weights_file = out / "weights" / f"random-seed{seed}.safetensors"
+        inputs = {"spec": model["spec"], "seed": seed, "num_classes": model.get("num_classes"),
+                  "img_size": model.get("img_size"), "tools": _tool_versions("torch", "timm", "torchvision")}
+        _step(state, "weights", sha256_json(inputs), weights_file.is_file,
+              lambda: _random_weights(model["spec"], seed, model.get("num_classes"), model.get("img_size"),
+                                      weights_file), counter)
+        weights = str(weights_file)
+
+    export_dir = out / "export"
+    parity_data = export_opts.get("data", bench["data"])
+    export_inputs = {
+        "spec": model["spec"], "weights_sha256": sha256_file(weights) if weights else None,
+        "num_classes": model.get("num_classes"), "img_size": model.get("img_size"),
+        "labels_sha256": sha256_file(model["labels"]) if model.get("labels") else None,
+        "opset": export_opts.get("opset", 18), "batch": export_opts.get("batch", "dynamic"),
+        "atol": export_opts.get("atol", 1e-3), "data": tree_hash(parity_data), "vitedge": __version__,
+    }
+    _step(state, "export", sha256_json(export_inputs), _artifact_ok(export_dir), lambda: api.export(
+        model["spec"], export_dir, weights=weights, num_classes=model.get("num_classes"),
+        img_size=model.get("img_size"), opset=export_inputs["opset"], batch=export_inputs["batch"],
+        data=parity_data, labels=model.get("labels"), atol=export_inputs["atol"]), counter)
+
+    export_files = Manifest.load(export_dir).get("files", {})
+    calib_hash = tree_hash(calibration["data"]) if calibration.get("data") else None
+    artifact_dirs = []
+    for target in targets:
+        name = target.get("name") or f"{target['target']}-{target['precision']}"
+        artifact_dir = out / "artifacts" / name
+        artifact_dirs.append(artifact_dir)
+        calibrated = target["precision"] in get_backend(target["target"]).calibrated_precisions \
+            and calibration.get("data")
+        compile_kwargs = {
+            "target": target["target"], "precision": target["precision"],
+            "calib": calibration["data"] if calibrated else None,
+            "calib_size": target.get("calib_size", calibration.get("size")) if calibrated else None,
+            "calib_method": target.get("calib_method") if calibrated else None,
+            "seed": calibration.get("seed", 0), "extra": copy.deepcopy(target.get("options", {})),
+        }
+        inputs = {"export_files": export_files, **compile_kwargs, "calib": calib_hash if calibrated else None,
+                  "vitedge": __version__}
+
+        def build(artifact_dir: Path = artifact_dir, kwargs: dict[str, Any] = compile_kwargs) -> None:
+            manifest = compile_artifact(export_dir, artifact_dir, **kwargs)
+            print_compile_summary(manifest, artifact_dir)
+
+        _step(state, f"compile {name}", sha256_json(inputs), _artifact_ok(artifact_dir), build, counter)
+
+    counter["n"] += 1
+    ui.info(f"[{counter['n']}/{counter['total']}] bench ({counter['skipped']} step(s) skipped as unchanged)")
+    reference = bench.get("reference", "export")
+    return run_bench(
+        artifact_dirs, reference=export_dir if reference == "export" else reference, data=bench["data"],
+        batches=bench.get("batches", [1, 8]), gates=recipe.get("gates", []), report_dir=out / "report",
+        device=bench.get("device", "cpu"), max_images=bench.get("max_images"), warmup=bench.get("warmup", 5),
+        iters=bench.get("iters", 30), threads=bench.get("threads"), worst=bench.get("worst", 10), record=True)
+
+
+def _tool_versions(*names: str) -> dict[str, str | None]:
+    from vitedge.envinfo import package_version
+
+    return {name: package_version(name) for name in names}
