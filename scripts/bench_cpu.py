@@ -66,7 +66,7 @@ class OrtDefaultsInt8:
             pre = out_path.with_suffix(".pre.onnx")
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
             quantize_static(str(pre), str(out_path), Reader())
-        self.session = session(out_path, threads)
+        self.session = session(out_path, threads, spinning=False)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"pixel_values": x})[0]
@@ -78,7 +78,9 @@ class Predicting:
     def __init__(self, path: Path, threads: int | None, backend: str | None = None) -> None:
         import vitedge
 
-        self.predictor = vitedge.load(path, backend=backend, threads=threads)
+        # spinning=False: as `vitedge bench` does, so idle ORT threads do not take the cores
+        # from the runner timed next (OpenVINO is unaffected by the option).
+        self.predictor = vitedge.load(path, backend=backend, threads=threads, spinning=False)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return self.predictor.runner.infer(x)

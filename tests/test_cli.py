@@ -45,7 +45,11 @@ def test_doctor(cli) -> None:
     assert report["backends"]["onnxruntime"]["usable"] is True
     if not report["backends"]["tensorrt"]["usable"]:
         assert "nvidia" in report["backends"]["tensorrt"]["install"].lower()
-    assert "isa" in report["hardware"]["cpu"]
+    cpu = report["hardware"]["cpu"]
+    assert "isa" in cpu
+    if cpu["arch"] == "x86_64":  # VNNI/AMX decide whether OpenVINO INT8 has a fast path
+        flags = Path("/proc/cpuinfo").read_text()
+        assert cpu["int8_vnni"] is any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
     r = cli("doctor")
     assert r.code == 0 and "ISA" in r.out
 

@@ -208,6 +208,23 @@ def test_compile_summary_and_quiet(cli, demo_export: Path, tmp_path: Path) -> No
     assert (tmp_path / "b" / "vitedge.json").is_file()
 
 
+def test_openvino_int8_warns_on_a_cpu_without_int8_dot_products(cli, demo_export: Path, digits_calib: Path,
+                                                                tmp_path: Path, monkeypatch) -> None:
+    """Without VNNI/AMX OpenVINO INT8 takes a generic path (slower than FP32 on ViT-S here): say so."""
+    from vitedge.backends import openvino as ov_backend
+
+    monkeypatch.setattr(ov_backend, "cpu_info", lambda: {**cpu_info(), "int8_vnni": False})
+    r = cli("compile", demo_export, "--target", "openvino", "--precision", "int8", "--calib", digits_calib,
+            "--calib-size", "32", "-o", tmp_path / "int8")
+    assert r.code == 0, r.text
+    assert "no INT8 dot-product instructions" in r.text and "faster(openvino-int8, openvino-fp32)" in r.text
+    assert Manifest.load(tmp_path / "int8")["runtime"]["cpu_int8_vnni"] is False
+    monkeypatch.setattr(ov_backend, "cpu_info", lambda: {**cpu_info(), "int8_vnni": True})
+    r = cli("compile", demo_export, "--target", "openvino", "--precision", "int8", "--calib", digits_calib,
+            "--calib-size", "32", "-o", tmp_path / "int8-vnni")
+    assert r.code == 0 and "dot-product" not in r.text
+
+
 def _corrupt_images(folder: Path, count: int) -> Path:
     for i in range(count):
         (folder / str(i % 10)).mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,9 @@ def print_doctor(report: dict[str, Any]) -> None:
     out.print(f"  ISA: {', '.join(cpu['isa']) or 'none of AVX2/AVX-512/VNNI/BF16/AMX'}")
     if cpu.get("bf16_native"):
         out.print("  note: OpenVINO runs bf16 by default on this CPU; vitedge pins f32 for FP32 artifacts")
+    if cpu.get("int8_vnni") is False:
+        out.print("  note: no INT8 dot-product instructions (VNNI/AMX): OpenVINO INT8 is often slower than "
+                  "FP32 on this CPU; bench before you ship it")
     gpus = report["hardware"]["gpus"]
     if gpus:
         for g in gpus:
