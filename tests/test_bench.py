@@ -33,12 +33,28 @@ def test_reference_against_its_own_export_agrees_exactly(demo_export: Path, digi
         assert entry["runtime"]["timer"] == "perf_counter"
         assert entry["runtime"]["threads"] == os.cpu_count()  # every runner: all cores by default
         assert entry["size_mb"] > 0 and entry["load_s"] > 0
+        assert entry["gpu_mb"] is None  # CPU runners: no device memory to measure
     assert all("speedup_p50" in row for row in art["latency"])
     assert "speedup_p50" not in report["reference"]["latency"][0]
     assert art["runtime"]["spinning"] is False  # ORT threads must not starve the next runner
     assert report["data"] == {**report["data"], "labelled": True, "samples": 40, "skipped": 0}
     assert report["status"] == "passed" and report["gates"] == []
     assert set(report["files"]) == {"json", "xml", "md", "html"}
+
+
+@pytest.mark.gpu
+def test_cuda_reference_uses_cuda_events_and_reports_gpu_memory(demo_export: Path, digits_val: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    report = run_bench([demo_export], reference=demo_export, data=digits_val, batches=[1, 8], device="cuda",
+                       max_images=64, warmup=2, iters=5)
+    ref, (art,) = report["reference"], report["artifacts"]
+    assert ref["runtime"]["timer"] == "cuda-events" and ref["runtime"]["device"].startswith("cuda")
+    assert ref["gpu_mb"] > 0  # the weights alone are 1.25 MB
+    assert art["runtime"]["timer"] == "perf_counter" and art["gpu_mb"] is None  # the export runs on ORT (CPU)
+    assert art["drift"]["top1_agreement"] == 1.0 and art["drift"]["max_abs_err"] < 1e-3  # TF32 off: real FP32
+    assert all(row["measured"] and row["p50_ms"] > 0 for row in ref["latency"])
 
 
 def test_gates_pass_exit_0_and_impossible_gate_exits_1(cli, demo_export: Path, digits_val: Path,

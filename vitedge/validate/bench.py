@@ -62,6 +62,7 @@ class Subject:
     size_bytes: int
     load_s: float
     rss_bytes: int = 0
+    gpu_bytes: int | None = None  # device memory taken by load + first inference (GPU runners only)
     first_infer_ms: float = float("nan")
     fixed_batch: int | None = None
     labels: list[str] | None = None
@@ -202,24 +203,43 @@ def _latency_input(x: np.ndarray, batch: int) -> np.ndarray:
     return np.ascontiguousarray(np.take(x, np.arange(batch) % len(x), axis=0))
 
 
-def _measure_load(backend: str, load: Callable[[], Any]) -> tuple[Any, float, int]:
-    """(what load() returns, its seconds, RSS before it), after importing the backend's library."""
+@dataclass
+class _MemoryBefore:
+    rss: int
+    gpu_free: int | None  # free device memory (bytes), for runners on a CUDA device
+
+
+def _gpu_free(device: str) -> int | None:
+    """Free memory of DEVICE as the driver reports it (device-wide, so TensorRT's own
+    allocations count as well as torch's); None for the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.mem_get_info(torch.device(device))[0])
+
+
+def _measure_load(backend: str, device: str, load: Callable[[], Any]) -> tuple[Any, float, _MemoryBefore]:
+    """(what load() returns, its seconds, memory before it), after importing the backend's library."""
     try:
         importlib.import_module(_RUNTIME_MODULES.get(backend, backend))
     except ImportError:
         pass  # load() reports the missing runtime with its install hint
-    rss = process_rss_bytes()
+    before = _MemoryBefore(process_rss_bytes(), _gpu_free(device))
     start = time.perf_counter()
     loaded = load()
-    return loaded, time.perf_counter() - start, rss
+    return loaded, time.perf_counter() - start, before
 
 
-def _first_inference(subject: Subject, probe: np.ndarray, rss_before: int) -> None:
+def _first_inference(subject: Subject, probe: np.ndarray, before: _MemoryBefore, device: str) -> None:
     """One untimed-by-harness run right after load: cold-start time and the memory it settles at."""
     batch = probe[: subject.fixed_batch] if subject.fixed_batch else probe
     subject.runner.infer(batch)
     subject.first_infer_ms = float(subject.runner.last_ms)
-    subject.rss_bytes = max(process_rss_bytes() - rss_before, 0)
+    subject.rss_bytes = max(process_rss_bytes() - before.rss, 0)
+    if before.gpu_free is not None:
+        subject.gpu_bytes = max(before.gpu_free - (_gpu_free(device) or 0), 0)
 
 
 def _open_reference(reference: str | Path, ref_dir: Path | None, loaded: Any, device: str, threads: int,
@@ -230,18 +250,19 @@ def _open_reference(reference: str | Path, ref_dir: Path | None, loaded: Any, de
         if ref_dir is not None:
             import vitedge
 
-            predictor, load_s, rss = _measure_load("pytorch", lambda: vitedge.load(
+            predictor, load_s, before = _measure_load("pytorch", device, lambda: vitedge.load(
                 ref_dir, backend="pytorch", device=device, threads=threads, **_RUNNER_OPTIONS))
             runner, predict, source = predictor.runner, predictor.predict, str(ref_dir)
             labels = predictor.labels
         else:
-            runner, load_s, rss = _measure_load("pytorch", lambda: TorchRunner(loaded.module, device, threads))
+            runner, load_s, before = _measure_load("pytorch", device,
+                                                   lambda: TorchRunner(loaded.module, device, threads))
             predict, source, labels = runner.infer, str(reference), loaded.labels
         module = runner.module
         size = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
         subject = Subject(gatelib.REFERENCE, "reference", source, "pytorch", "pytorch", "fp32", runner,
                           predict, int(size), load_s, labels=labels, aliases=["pytorch"])
-        _first_inference(subject, probe, rss)
+        _first_inference(subject, probe, before, device)
     return subject
 
 
@@ -254,7 +275,7 @@ def _open_candidate(name: str, path: Path, manifest: Manifest, device: str, thre
     backend = _TARGET_BACKEND.get(target, target)
     run_device = device if backend in _DEVICE_BACKENDS else "cpu"
     with ui.Step(f"loading {name} ({backend})"):
-        predictor, load_s, rss = _measure_load(backend, lambda: vitedge.load(
+        predictor, load_s, before = _measure_load(backend, run_device, lambda: vitedge.load(
             path, device=run_device, threads=threads, **_RUNNER_OPTIONS))
         onnx = manifest.get("onnx", {})
         fixed = None if onnx.get("dynamic_batch", True) else onnx.get("batch")
@@ -264,7 +285,7 @@ def _open_candidate(name: str, path: Path, manifest: Manifest, device: str, thre
         subject = Subject(name, "candidate", str(path), backend, target, manifest.get("precision", "fp32"),
                           predictor.runner, predictor.predict, int(size), load_s, fixed_batch=fixed,
                           aliases=[a for a, n in aliases.items() if n == name], manifest=manifest)
-        _first_inference(subject, probe, rss)
+        _first_inference(subject, probe, before, run_device)
     return subject
 
 
@@ -316,6 +337,7 @@ def _subject_entry(subject: Subject, reference: Subject, batches: list[int]) -> 
         "target": subject.target, "precision": subject.precision, "aliases": subject.aliases,
         "fixed_batch": subject.fixed_batch, "runtime": _runtime_info(subject.runner),
         "size_mb": subject.size_bytes / 1e6, "load_s": subject.load_s, "rss_mb": subject.rss_bytes / 1e6,
+        "gpu_mb": None if subject.gpu_bytes is None else subject.gpu_bytes / 1e6,
         "first_infer_ms": subject.first_infer_ms, "latency": latency,
     }
 

@@ -54,6 +54,7 @@ def _metrics() -> dict[str, Metric]:
         ("size_mb", "resource", "artifact size on disk (reference: FP32 parameters)", "MB"),
         ("load_s", "resource", "time to load and verify the artifact", "s"),
         ("rss_mb", "resource", "resident memory added by loading and warming up", "MB"),
+        ("gpu_mb", "resource", "GPU memory added by loading and warming up (runners on --device cuda)", "MB"),
     ]
     metrics = {name: Metric(name, group, text, *unit) for name, group, text, *unit in rows}
     for key in STAT_KEYS:

@@ -236,7 +236,8 @@ def latency_table(report: dict[str, Any]) -> list[dict[str, str]]:
                          "speedup p50": fmt(lat.get("speedup_p50"), 3),
                          "threads": fmt(entry["runtime"].get("threads")),
                          "streams": fmt(entry["runtime"].get("streams")),
-                         "load s": fmt(entry["load_s"], 3), "RSS MB": fmt(entry["rss_mb"], 3)})
+                         "load s": fmt(entry["load_s"], 3), "RSS MB": fmt(entry["rss_mb"], 3),
+                         "GPU MB": fmt(entry.get("gpu_mb"), 3)})
     return rows
 
 
