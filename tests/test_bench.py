@@ -55,6 +55,9 @@ def test_cuda_reference_uses_cuda_events_and_reports_gpu_memory(demo_export: Pat
     assert art["runtime"]["timer"] == "perf_counter" and art["gpu_mb"] is None  # the export runs on ORT (CPU)
     assert art["drift"]["top1_agreement"] == 1.0 and art["drift"]["max_abs_err"] < 1e-3  # TF32 off: real FP32
     assert all(row["measured"] and row["p50_ms"] > 0 for row in ref["latency"])
+    from vitedge.validate.reports import settings_line
+
+    assert f"; {art['name']} ran on the CPU, so its speedups compare a CPU runtime" in settings_line(report)
 
 
 def test_gates_pass_exit_0_and_impossible_gate_exits_1(cli, demo_export: Path, digits_val: Path,

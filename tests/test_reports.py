@@ -123,6 +123,17 @@ def test_markdown_summary_for_a_pr_comment(bench_run: tuple[dict[str, Any], Path
         "speedup b1", "speedup b4", "size MB")]
     assert "### Failed gates" in md and "- `top1_agreement>=0.99`: biased: top1_agreement = " in md
     assert "<details><summary>Worst disagreements</summary>" in md
+    assert "ran on the CPU" not in md  # only said when the reference ran on a GPU
+
+
+def test_cpu_candidates_of_a_gpu_bench_are_called_out(bench_run: tuple[dict[str, Any], Path, str]) -> None:
+    from vitedge.validate.reports import settings_line
+
+    report, _, _ = bench_run
+    as_if_gpu = {**report, "settings": {**report["settings"], "device": "cuda"}}
+    names = ", ".join(a["name"] for a in report["artifacts"])
+    assert settings_line(as_if_gpu).endswith(f"; {names} ran on the CPU, so their speedups compare a CPU "
+                                             "runtime with the GPU reference")
 
 
 def test_html_is_self_contained(bench_run: tuple[dict[str, Any], Path, str]) -> None:

@@ -113,10 +113,15 @@ def headline(report: dict[str, Any]) -> str:
 
 def settings_line(report: dict[str, Any]) -> str:
     s, d = report["settings"], report["data"]
-    return (f"reference PyTorch FP32 ({report['reference']['source']}); data {d['source']} "
+    line = (f"reference PyTorch FP32 ({report['reference']['source']}); data {d['source']} "
             f"({d['samples']} images, {'labelled' if d['labelled'] else 'unlabelled'}); "
             f"batches {', '.join(map(str, s['batches']))}; device {s['device']}, {s['threads']} threads; "
             f"{s['iters']} timed runs after {s['warmup']} warm-up, interleaved")
+    on_cpu = [a["name"] for a in report["artifacts"] if a["runtime"].get("timer") != "cuda-events"]
+    if s["device"] == "cuda" and on_cpu:  # CPU runtimes (ORT, OpenVINO) ignore --device cuda
+        line += (f"; {', '.join(on_cpu)} ran on the CPU, so {'its' if len(on_cpu) == 1 else 'their'} "
+                 "speedups compare a CPU runtime with the GPU reference")
+    return line
 
 
 # -- terminal ---------------------------------------------------------------------------------
