@@ -25,6 +25,11 @@ class LoadedModel:
     weights_sha256: str | None = None
     static_batch: int | None = None  # set when the source cannot take a dynamic batch
     exporter: str = "dynamo"  # "dynamo" or "torchscript" (ScriptModules)
+    # Where the weights came from: "file" (--weights), "pretrained" (the library's own hub
+    # loading), "random-init" (seeded, speed/shape work only), "embedded" (.pt2 / TorchScript /
+    # a factory that builds them), "builtin" (demo). Recorded in the manifest's `source`.
+    weights_origin: str | None = None
+    random_init_seed: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -34,6 +39,9 @@ class LoadedModel:
             "num_classes": self.num_classes,
             "weights": self.weights_path,
             "weights_sha256": self.weights_sha256,
+            "weights_origin": self.weights_origin,
+            "random_init_seed": self.random_init_seed,
+            "params_sha256": params_sha256(self.module),
             **self.details,
         }
 
@@ -47,6 +55,33 @@ class ModelRequest:
     num_classes: int | None = None
     img_size: int | None = None
     labels: list[str] | None = None
+    pretrained: bool = False  # --pretrained: the library's own pretrained loading (hub cache)
+    random_init_seed: int | None = None  # --random-init SEED: seeded random weights, speed/shape only
+
+
+def params_sha256(module: Any) -> str | None:
+    """SHA-256 over a module's state dict (names, dtypes, shapes, bytes): the identity of the
+    weights actually loaded, whatever the source. None when the module has no state dict."""
+    import hashlib
+
+    import torch
+
+    state_dict = getattr(module, "state_dict", None)
+    if state_dict is None:
+        return None
+    try:
+        state = state_dict()
+    except Exception:  # noqa: BLE001 - e.g. unlifted torch.export modules
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name]
+        if not hasattr(tensor, "detach"):
+            continue
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 SourceFn = Callable[[str, ModelRequest], LoadedModel]
