@@ -15,8 +15,8 @@ from vitedge.backends import base
 from vitedge.envinfo import cpu_info
 from vitedge.errors import BadInput
 from vitedge.manifest import Manifest
+from vitedge.metrics import compare_logits
 from vitedge.onnx_utils import module_name
-from vitedge.validate.metrics import compare_logits
 
 ARTIFACTS = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"),
              ("openvino", "fp16"), ("openvino", "int8")]
@@ -239,7 +239,14 @@ def _corrupt_images(folder: Path, count: int) -> Path:
     (["--target", "onnxruntime", "--precision", "int8", "--calib", "CALIB", "--calib-method", "kl"], 2,
      "--calib-method 'kl' is not available"),
     (["--target", "onnxruntime", "--precision", "int8", "--calib", "CALIB", "--max-drop", "0.01"], 2,
-     "OpenVINO/NNCF feature"),
+     "--max-drop is not an option of --target onnxruntime; it is for --target openvino"),
+    (["--target", "onnxruntime", "--workspace", "2"], 2,
+     "--workspace is not an option of --target onnxruntime; it is for --target tensorrt"),
+    (["--target", "openvino", "--precision", "int8", "--calib", "CALIB", "--hint", "fast"], 2,
+     "--hint takes latency or throughput, got 'fast'"),
+    (["--target", "openvino", "--precision", "int8", "--calib", "CALIB", "--max-drop", "1.5", "--val", "CALIB"], 2,
+     "--max-drop takes an absolute top-1 drop in (0, 1)"),
+    (["--target", "openvino", "--threads", "0"], 2, "--threads takes a positive number of threads, got 0"),
     (["--target", "openvino", "--precision", "int8", "--calib", "CALIB", "--max-drop", "0.01"], 2,
      "--max-drop needs --val"),
     (["--target", "openvino", "--precision", "int8", "--calib", "BROKEN"], 2, "could not be decoded"),

@@ -34,11 +34,8 @@ def export(
     loaded = load_model(model, weights=weights, num_classes=num_classes, img_size=img_size,
                         labels=label_list)
     if any(v is not None for v in (mean, std, crop_pct, interpolation)):
-        loaded.preprocessing = loaded.preprocessing.replace(
-            mean=tuple(mean) if mean else None, std=tuple(std) if std else None,
-            crop_pct=crop_pct, interpolation=interpolation,
-            extra={**loaded.preprocessing.extra, "overridden": True},
-        )
+        loaded.preprocessing = loaded.preprocessing.override(mean=mean, std=std, crop_pct=crop_pct,
+                                                             interpolation=interpolation)
     if data is not None and not Path(data).exists():
         raise BadInput(f"--data {data} does not exist")
     return export_model(loaded, out_dir, opset=opset, batch=batch,

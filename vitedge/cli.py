@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -133,49 +134,67 @@ def _csv_ints(text: str, flag: str) -> list[int]:
     return values
 
 
-@app.command(name="compile")
+def _compile_targets() -> str:
+    from vitedge.backends.base import compile_backends
+
+    return " | ".join(f"{name} ({', '.join(b.precisions)})" for name, b in compile_backends().items())
+
+
 def compile_cmd(
     in_dir: Annotated[Path, typer.Argument(help="An export directory (from `vitedge export`).")],
-    target: Annotated[str, typer.Option(help="openvino | onnxruntime | tensorrt")],
+    target: Annotated[str, typer.Option(help="Backend (precisions): " + _compile_targets() + ".")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output artifact directory.")],
-    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (per target).")] = "fp32",
     calib: Annotated[Path | None, typer.Option(help="Calibration data: image folder, .txt list or .npz.")] = None,
     calib_size: Annotated[int | None, typer.Option(help="Calibration samples (seeded subset).")] = None,
-    calib_method: Annotated[str | None, typer.Option(help="minmax | entropy | percentile (per target).")] = None,
-    val: Annotated[Path | None, typer.Option(help="Labelled validation data (for --max-drop).")] = None,
-    max_drop: Annotated[float | None, typer.Option(help="OpenVINO INT8: accuracy-controlled, max top-1 drop.")] = None,
-    ignored_scope: Annotated[list[str] | None, typer.Option(
-        help="Keep float: node name, re:<regex> or type:<OpType> (repeatable).")] = None,
-    threads: Annotated[int | None, typer.Option(help="Inference threads recorded for load.")] = None,
-    streams: Annotated[int | None, typer.Option(help="OpenVINO streams recorded for load.")] = None,
-    hint: Annotated[str, typer.Option(help="OpenVINO performance hint: latency | throughput.")] = "latency",
-    batch: Annotated[str | None, typer.Option(help="TensorRT profile MIN:OPT:MAX (e.g. 1:8:32).")] = None,
-    workspace: Annotated[float | None, typer.Option(help="TensorRT workspace limit, GB.")] = None,
-    opt_level: Annotated[int | None, typer.Option(help="TensorRT builder optimisation level 0-5.")] = None,
-    timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache file (reused).")] = None,
-    hardware_compat: Annotated[str | None, typer.Option(help="TensorRT hardware compatibility: ampere+.")] = None,
-    version_compatible: Annotated[bool, typer.Option(help="TensorRT version-compatible engine.")] = False,
-    io: Annotated[str, typer.Option(help="TensorRT graph I/O dtype: fp32 | fp16.")] = "fp32",
-    fp16_margin: Annotated[float | None, typer.Option(
-        help="FP16 plan: keep nodes FP32 whose |activation| exceeds this fraction of 65504.")] = None,
-    quantize_attention: Annotated[bool, typer.Option(
-        help="INT8: also quantize attention's activation x activation MatMuls (q@kT, attn@v).")] = False,
+    calib_method: Annotated[str | None, typer.Option(help="minmax | entropy | percentile | ... (per target).")] = None,
+    val: Annotated[Path | None, typer.Option(help="Labelled validation data: checks the artifact after the "
+                                                  "build (and feeds OpenVINO's --max-drop).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the calibration subset.")] = 0,
+    **backend_flags: Any,
 ) -> None:
-    """Build a backend artifact (OpenVINO IR, ONNX Runtime model, TensorRT engine) from an export."""
-    from vitedge.compile import compile_artifact, print_compile_summary
+    """Build a backend artifact (OpenVINO IR, ONNX Runtime model, TensorRT engine) from an export.
 
-    extra = {
-        "val": str(val) if val else None, "max_drop": max_drop, "ignored_scope": ignored_scope or [],
-        "threads": threads, "streams": streams, "hint": hint, "batch": batch, "workspace_gb": workspace,
-        "opt_level": opt_level, "timing_cache": str(timing_cache) if timing_cache else None,
-        "hardware_compat": hardware_compat, "version_compatible": version_compatible, "io": io,
-        "fp16_margin": fp16_margin, "quantize_attention": quantize_attention,
-    }
-    manifest = compile_artifact(in_dir, out, target=target, precision=precision,
-                                calib=str(calib) if calib else None, calib_size=calib_size,
-                                calib_method=calib_method, seed=seed, extra=extra)
+    Each target's own options are grouped below; a flag the chosen target does not take is an error.
+    """
+    from vitedge.backends import get_backend
+    from vitedge.backends.base import backend_options
+    from vitedge.compile import compile_artifact
+    from vitedge.report_cli import print_compile_summary
+
+    backend = get_backend(target)
+    options = backend_options(backend, backend_flags, cli=True)
+    manifest = compile_artifact(in_dir, out, target=target, precision=precision, calib=calib, calib_size=calib_size,
+                                calib_method=calib_method, seed=seed, val=val, extra=options)
     print_compile_summary(manifest, out)
+
+
+def _with_backend_flags(command: Any) -> Any:
+    """COMMAND's signature extended with one typer option per registered backend option.
+
+    Typer reads parameters from the signature, so the flags, their types and help come from
+    the backends' Options dataclasses; each lands in its backends' help panel.
+    """
+    import inspect
+
+    from vitedge.backends.base import options_classes
+    from vitedge.backends.options import merged_fields
+
+    signature = inspect.signature(command)
+    annotations = typing.get_type_hints(command, include_extras=True)
+    params = [p.replace(annotation=annotations[p.name]) for p in signature.parameters.values()
+              if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    for name, (info, owners) in merged_fields(options_classes()).items():
+        default = info.default if info.default not in (None, [], False) else None
+        shown = f" [default: {default}]" if default is not None else ""
+        option = typer.Option(info.flag, help=info.spec.help + shown, show_default=False,
+                              rich_help_panel="Options for --target " + " / ".join(owners))
+        annotation = Annotated[info.annotation(), option]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+        annotations[name] = annotation
+    command.__signature__ = signature.replace(parameters=params)
+    command.__annotations__ = annotations
+    return command
 
 
 @app.command()
@@ -199,6 +218,9 @@ def bench(
     run_bench(artifacts, reference=reference, data=data, batches=_csv_ints(batch, "--batch"),
               gates=gate or [], report_dir=report, device=device, max_images=max_images,
               warmup=warmup, iters=iters, threads=threads)
+
+
+app.command(name="compile")(_with_backend_flags(compile_cmd))
 
 
 @app.command()

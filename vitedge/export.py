@@ -14,9 +14,9 @@ from vitedge.envinfo import hardware, tool_versions
 from vitedge.errors import BadInput, ExportFailed
 from vitedge.fsutil import atomic_dir
 from vitedge.manifest import Manifest
+from vitedge.metrics import compare_logits
 from vitedge.models import LoadedModel
 from vitedge.onnx_utils import default_opset, has_decomposed_layernorm, io_signature, op_counts
-from vitedge.validate.metrics import compare_logits
 
 OUTPUT_NAME = "logits"
 MIN_OPSET = 17

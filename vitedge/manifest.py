@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,18 @@ from vitedge.preprocessing import Preprocessing
 
 MANIFEST_NAME = "vitedge.json"
 SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an artifact came from (see `Manifest.provenance`)."""
+
+    spec: str | None
+    weights: str | None
+    weights_sha256: str | None
+    export_dir: str | None
+    export_model_sha256: str | None
+    calibration_hash: str | None
 
 
 class Manifest(dict):
@@ -62,6 +75,54 @@ class Manifest(dict):
     @property
     def labels(self) -> list[str] | None:
         return self.get("labels")
+
+    # -- typed read-only views: each rule about the JSON is computed here, once ---------------
+
+    @property
+    def is_export(self) -> bool:
+        """An export dir (`vitedge export`), as opposed to a compiled artifact."""
+        return self.get("kind", "export") == "export"
+
+    @property
+    def target(self) -> str:
+        """The target that runs it; an export dir is "onnx" (ONNX Runtime FP32)."""
+        return str(self.get("target") or "onnx")
+
+    @property
+    def precision(self) -> str:
+        return str(self.get("precision") or "fp32")
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size a static-batch export was made with; None for a dynamic batch."""
+        onnx = self.get("onnx", {})
+        if onnx.get("dynamic_batch", True):
+            return None
+        return int(onnx.get("batch") or self["io"]["inputs"][0]["shape"][0])
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        """What the backend applies at load (threads, properties, providers...); {} if none."""
+        return dict(self.get("runtime") or {})
+
+    @property
+    def provenance(self) -> "Provenance":
+        """Where the artifact came from: model spec, weights, export and calibration."""
+        source, export = self.get("source", {}), self.get("export") or {}
+        calibration = self.get("calibration") or {}
+        return Provenance(spec=source.get("spec"), weights=source.get("weights"),
+                          weights_sha256=source.get("weights_sha256"), export_dir=export.get("dir"),
+                          export_model_sha256=export.get("model_sha256"),
+                          calibration_hash=calibration.get("content_hash"))
+
+    @property
+    def incomplete(self) -> dict[str, str] | None:
+        """{"reason", "next_step"} when the backend could not build everything here."""
+        return self.get("incomplete")
+
+    def artifact_file(self, key: str = "model") -> str:
+        """The name of the artifact's KEY file (its main model by default)."""
+        return (self.get("artifact") or {}).get(key) or self.get("onnx", {}).get("file", "model.onnx")
 
     def save(self, artifact_dir: str | Path) -> None:
         """Hash every file in the dir (but the manifest itself) and write the manifest."""

@@ -7,6 +7,7 @@ Calibration, validation, bench and the runtime all call `preprocess_image`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ _PIL_INTERPOLATION = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
+INTERPOLATIONS = tuple(_PIL_INTERPOLATION)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,24 @@ class Preprocessing:
             if key in known:
                 known[key] = tuple(known[key])
         return cls(**known)
+
+    def override(self, *, mean: tuple[float, float, float] | None = None,
+                 std: tuple[float, float, float] | None = None, crop_pct: float | None = None,
+                 interpolation: str | None = None) -> "Preprocessing":
+        """The user's --mean/--std/--crop-pct/--interpolation over what the source declared.
+
+        A crop_pct takes effect for every source: the resize then comes from it (shortest side
+        = size / crop_pct) followed by a centre crop, replacing a source's fixed resize (256 for
+        torchvision weights) or its straight resize to HxW (Hugging Face processors).
+        """
+        changes: dict[str, Any] = {"mean": tuple(mean) if mean else None, "std": tuple(std) if std else None,
+                                   "interpolation": interpolation}
+        if crop_pct is not None:
+            changes.update(crop_pct=crop_pct, crop_mode="center")
+        result = self.replace(**changes, extra={**self.extra, "overridden": True})
+        if crop_pct is not None:
+            result = dataclasses.replace(result, resize_size=None)
+        return result
 
     def replace(self, **changes: Any) -> "Preprocessing":
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -27,6 +27,7 @@ from vitedge import __version__, ui
 from vitedge.errors import BadInput, VitedgeError
 from vitedge.fsutil import sha256_file, sha256_json, write_json_atomic, write_text_atomic
 from vitedge.manifest import Manifest
+from vitedge.preprocessing import INTERPOLATIONS
 
 STATE_FILE = "vitedge-run.json"
 RESOLVED_FILE = "recipe.resolved.yaml"
@@ -34,17 +35,27 @@ RECIPE_VERSION = 1
 
 _PATH = {"type": "string", "minLength": 1}
 _POSITIVE = {"type": "integer", "minimum": 1}
-# `vitedge compile` options a target may set (the CLI flags, snake_case).
-COMPILE_OPTIONS: dict[str, Any] = {
-    "val": _PATH, "max_drop": {"type": "number", "minimum": 0},
-    "ignored_scope": {"type": "array", "items": {"type": "string"}},
-    "threads": _POSITIVE, "streams": _POSITIVE, "hint": {"enum": ["latency", "throughput"]},
-    "batch": {"type": ["string", "integer"]}, "workspace_gb": {"type": "number", "exclusiveMinimum": 0},
-    "opt_level": {"type": "integer", "minimum": 0, "maximum": 5}, "timing_cache": _PATH,
-    "hardware_compat": {"type": "string"}, "version_compatible": {"type": "boolean"},
-    "io": {"enum": ["fp32", "fp16"]}, "fp16_margin": {"type": "number", "exclusiveMinimum": 0},
-    "quantize_attention": {"type": "boolean"},
-}
+_RGB = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
+
+
+def compile_options_schema() -> dict[str, Any]:
+    """`targets[].options`: `val` plus every backend's Options (the same declarations the
+    `vitedge compile` flags are generated from; which target takes which is checked with the
+    backend, naming the targets that do take an option)."""
+    from vitedge.backends.base import options_classes
+    from vitedge.backends.options import json_schema
+
+    return {"val": {**_PATH, "description": "Labelled validation data checked after the build."},
+            **json_schema(options_classes())}
+
+
+def _option_path_keys() -> tuple[tuple[str, ...], ...]:
+    """Option keys that hold paths (resolved against the recipe's folder)."""
+    from vitedge.backends.base import options_classes
+    from vitedge.backends.options import merged_fields
+
+    names = ["val", *(n for n, (info, _) in merged_fields(options_classes()).items() if info.spec.path)]
+    return tuple(("targets", "*", "options", name) for name in names)
 
 
 def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -54,9 +65,9 @@ def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[
 
 def recipe_schema() -> dict[str, Any]:
     """The recipe's JSON Schema; targets and precisions come from the backend registry."""
-    from vitedge.backends import all_backends
+    from vitedge.backends.base import compile_backends
 
-    backends = {name: b for name, b in all_backends().items() if name != "pytorch"}
+    backends = compile_backends()
     return _object({
         "version": {"const": RECIPE_VERSION},
         "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
@@ -66,6 +77,10 @@ def recipe_schema() -> dict[str, Any]:
             "random_init_seed": {"type": "integer", "minimum": 0},
             "num_classes": _POSITIVE, "img_size": {"type": "integer", "minimum": 8},
             "labels": _PATH,
+            "preprocessing": _object({  # overrides of what the model source declares
+                "mean": _RGB, "std": _RGB, "crop_pct": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                "interpolation": {"enum": list(INTERPOLATIONS)},
+            }),
         }, ("spec",)),
         "export": _object({
             "opset": {"type": "integer", "minimum": 17}, "batch": {"anyOf": [{"const": "dynamic"}, _POSITIVE]},
@@ -79,7 +94,7 @@ def recipe_schema() -> dict[str, Any]:
             "target": {"enum": sorted(backends)},
             "precision": {"enum": sorted({p for b in backends.values() for p in b.precisions})},
             "calib_method": {"type": "string"}, "calib_size": _POSITIVE,
-            "options": _object(COMPILE_OPTIONS),
+            "options": _object(compile_options_schema()),
         }, ("target", "precision"))},
         "bench": _object({
             "data": _PATH, "reference": {"type": "string", "minLength": 1},
@@ -95,8 +110,7 @@ def recipe_schema() -> dict[str, Any]:
 # Keys holding paths ("*": any list index). Recipe-file values resolve against the recipe's
 # folder, --set values against the current directory.
 PATH_KEYS = (("output",), ("model", "weights"), ("model", "labels"), ("export", "data"),
-             ("calibration", "data"), ("bench", "data"), ("targets", "*", "options", "val"),
-             ("targets", "*", "options", "timing_cache"))
+             ("calibration", "data"), ("bench", "data"), *_option_path_keys())
 SPEC_KEYS = (("model", "spec"), ("bench", "reference"))
 _SPEC_FILE_SUFFIXES = (".pt2", ".pt", ".ts", ".torchscript", ".jit")
 
@@ -220,7 +234,9 @@ def _validate(data: dict[str, Any], path: Path) -> None:
     if duplicates:
         raise BadInput(f"recipe {path}: targets share the name {', '.join(duplicates)}; give each a `name:`")
     from vitedge.backends import get_backend
+    from vitedge.compile import check_request
 
+    calibration = data.get("calibration", {})
     for i, target in enumerate(data["targets"]):
         backend = get_backend(target["target"])
         where = f"targets.{i} ({names[i]})"
@@ -231,8 +247,14 @@ def _validate(data: dict[str, Any], path: Path) -> None:
         if method is not None and method not in backend.calib_methods:
             raise BadInput(f"recipe {path}: {where}.calib_method: {method!r} is not one of "
                            f"{', '.join(backend.calib_methods) or 'none (it does not calibrate)'}")
-        if target["precision"] == "int8" and not data.get("calibration", {}).get("data"):
+        if target["precision"] == "int8" and not calibration.get("data"):
             raise BadInput(f"recipe {path}: {where} is int8 and needs calibration.data (an image folder)")
+        try:  # the same checks `vitedge compile` runs on its flags, before any work
+            check_request(backend, precision=target["precision"], calib=calibration.get("data"),
+                          calib_size=target.get("calib_size", calibration.get("size")), calib_method=method,
+                          seed=calibration.get("seed", 0), options=target.get("options"))
+        except BadInput as exc:
+            raise BadInput(f"recipe {path}: {where}.options: {exc}") from exc
     model = data["model"]
     if model["spec"].split(":")[0] in ("timm", "torchvision") and not model.get("weights") \
             and model.get("random_init_seed") is None:
@@ -373,7 +395,8 @@ def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
     """Run RECIPE: the steps whose inputs changed, then bench with gates; return the report."""
     from vitedge import api
     from vitedge.backends import get_backend
-    from vitedge.compile import compile_artifact, print_compile_summary
+    from vitedge.compile import compile_artifact
+    from vitedge.report_cli import print_compile_summary
     from vitedge.validate.bench import run_bench
 
     recipe = load_recipe(recipe_path, overrides)
@@ -407,11 +430,15 @@ def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
         "labels_sha256": sha256_file(model["labels"]) if model.get("labels") else None,
         "opset": export_opts.get("opset", 18), "batch": export_opts.get("batch", "dynamic"),
         "atol": export_opts.get("atol", 1e-3), "data": tree_hash(parity_data), "vitedge": __version__,
+        "preprocessing": model.get("preprocessing"),
     }
+    overrides = model.get("preprocessing", {})
     _step(state, "export", sha256_json(export_inputs), _artifact_ok(export_dir), lambda: api.export(
         model["spec"], export_dir, weights=weights, num_classes=model.get("num_classes"),
         img_size=model.get("img_size"), opset=export_inputs["opset"], batch=export_inputs["batch"],
-        data=parity_data, labels=model.get("labels"), atol=export_inputs["atol"]), counter)
+        data=parity_data, labels=model.get("labels"), atol=export_inputs["atol"], mean=overrides.get("mean"),
+        std=overrides.get("std"), crop_pct=overrides.get("crop_pct"), interpolation=overrides.get("interpolation")),
+        counter)
 
     export_files = Manifest.load(export_dir).get("files", {})
     calib_hash = tree_hash(calibration["data"]) if calibration.get("data") else None

@@ -1,7 +1,8 @@
-"""Rich renderings of manifests and doctor reports for the terminal (stdout)."""
+"""Rich renderings for the terminal (stdout): export and compile summaries, manifests, doctor."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vitedge import ui
+from vitedge.backends import all_backends
 from vitedge.manifest import Manifest
 
 out = Console(highlight=False)
@@ -99,3 +101,53 @@ def print_doctor(report: dict[str, Any]) -> None:
             out.print(f"GPU {g['index']}: {g['name']} (compute {g['compute_capability']}, {g['memory_gib']} GiB)")
     else:
         out.print("GPU: none visible to PyTorch (CUDA)")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def print_compile_summary(manifest: Manifest, out_dir: str | Path) -> None:
+    """One screen: what was built, what really runs in which precision, and how it was checked."""
+    if ui.is_quiet():
+        return
+    build = manifest.get("compile", {})
+    art = manifest.get("artifact", {})
+    state = "[yellow]incomplete[/yellow]" if "incomplete" in manifest else "[green]compiled[/green]"
+    where = escape(str(Path(out_dir) / art.get("model", "")))
+    out.print(f"{state} {escape(str(manifest['source'].get('spec')))} -> {where} "
+              f"({manifest['target']} {manifest['precision']}, {_size(build.get('artifact_bytes', 0))}, "
+              f"{build.get('seconds', 0):.1f} s)")
+    backends = all_backends()
+    runs = backends[manifest.target].summary_line(manifest) if manifest.target in backends else None
+    if runs:
+        out.print(f"  {escape(runs)}")
+    cal = manifest.get("calibration")
+    if cal:
+        out.print(f"  calibration: {cal['size']} images from {escape(cal['source'])} ({cal['method']}, "
+                  f"seed {cal['seed']}, hash {cal['content_hash'][:12]}"
+                  + (f", {cal['skipped']} skipped" if cal.get("skipped") else "") + ")")
+    summary = manifest.get("precision_summary", {})
+    out.print("  precision: " + ", ".join(f"{v} {k}" for k, v in summary.items()))
+    plan = manifest.get("precision_plan", [])
+    if plan:
+        table = Table(show_header=True, box=None, padding=(0, 2))
+        for col in ("nodes", "dtype", "why"):
+            table.add_column(col)
+        for (dtype, reason), count in Counter((e["dtype"], e["reason"]) for e in plan).most_common(8):
+            table.add_row(str(count), dtype, escape(reason))
+        out.print(table)
+    val = manifest.get("validation")
+    if val:
+        line = (f"  validation ({val['samples']} images vs FP32 ONNX): top-1 agreement {val['top1_agreement']:.4f}, "
+                f"max abs err {val['max_abs_err']:.3g}")
+        if "top1_acc" in val:
+            line += f", accuracy {val['top1_acc']:.4f} (fp32 {val['ref_top1_acc']:.4f}, drop {val['acc_drop']:+.4f})"
+        out.print(line)
+    if "incomplete" in manifest:
+        out.print(f"  [yellow]next step:[/yellow] {escape(manifest['incomplete']['next_step'])}",
+                  soft_wrap=True)  # a command to copy: never wrapped

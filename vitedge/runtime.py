@@ -12,14 +12,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vitedge.backends import get_backend
+from vitedge.backends.base import backend_for_target, get_backend
 from vitedge.errors import BadInput, EnvironmentProblem
 from vitedge.manifest import Manifest
 from vitedge.preprocessing import open_rgb, preprocess_image
-
-# manifest["target"] -> backend that runs it; an export dir runs on ONNX Runtime FP32.
-_TARGET_BACKEND = {"onnx": "onnxruntime", "onnxruntime": "onnxruntime", "openvino": "openvino",
-                   "tensorrt": "tensorrt"}
 
 ImageLike = str | Path | Image.Image
 
@@ -68,8 +64,7 @@ class Predictor:
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """Logits [N, classes] as float32."""
         arr = self.preprocess(x)
-        fixed = self.manifest.get("onnx", {}).get("batch") if not self.manifest.get("onnx", {}).get(
-            "dynamic_batch", True) else None
+        fixed = self.manifest.fixed_batch
         size = fixed or batch_size or len(arr)
         outs = []
         for i in range(0, len(arr), size):
@@ -100,10 +95,11 @@ def load(path: str | Path, backend: str | None = None, *, device: str = "cpu",
     manifest = Manifest.load(artifact_dir)
     if verify:
         manifest.verify_files(artifact_dir)
-    name = backend or _TARGET_BACKEND.get(manifest.get("target", "onnx"))
-    if name is None:
-        raise BadInput(f"{artifact_dir}: unknown artifact target {manifest.get('target')!r}")
-    impl = get_backend(name)
+    try:
+        impl = get_backend(backend) if backend else backend_for_target(manifest.target)
+    except BadInput as exc:
+        raise BadInput(f"{artifact_dir}: {exc}") from exc
+    name = impl.name
     available = impl.availability()
     if not available.usable:
         raise EnvironmentProblem(f"cannot run {artifact_dir} on {name}: {available.reason}; {available.install}")

@@ -1,8 +1,11 @@
 """The backend contract and registry.
 
-A backend knows whether it is usable here, how to compile an export dir into its artifact,
-and how to open a Runner on an artifact. Adding a backend is one new module listed in
-`_MODULES`; the CLI choices, recipe validation and the contract tests find it here.
+A backend is one module that declares what it is (the manifest targets it runs, its
+precisions per device, the library it loads, its typed `Options`) and knows whether it is
+usable here, how to compile an export dir into its artifact, how to say in one line what
+that artifact runs, and how to open a Runner on it. Adding a backend is that module plus
+its name in `_MODULES`: the `compile` flags, the recipe schema, bench and `vitedge.load`
+find it here.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from vitedge.backends.options import Options, merged_fields, parse_options
 from vitedge.data import Tensors
 from vitedge.errors import BadInput
 from vitedge.manifest import Manifest
@@ -68,23 +72,51 @@ class Runner(ABC):
         return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
+class CudaEventTimer:
+    """The one GPU timer: CUDA events recorded on STREAM around the timed work, in ms."""
+
+    def __init__(self, torch: Any, stream: Any = None) -> None:
+        self.stream = stream
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+
+    def __enter__(self) -> "CudaEventTimer":
+        self.start.record(self.stream)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end.record(self.stream)
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds between the two events (waits for the second one)."""
+        self.end.synchronize()
+        return float(self.start.elapsed_time(self.end))
+
+
 @dataclass
-class CompileOptions:
-    """Everything `vitedge compile` may pass to a backend; each backend reads what it needs."""
+class CompileRequest:
+    """What `vitedge compile` hands a backend: the generic flags, the backend's typed options
+    and the preprocessed data sets (loaded by compile_artifact after every check passed)."""
 
     precision: str = "fp32"
+    options: Options = field(default_factory=Options)
     calib: str | None = None
     calib_size: int | None = None
     calib_method: str | None = None
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-    calibration: Tensors | None = None  # preprocessed --calib set (loaded by compile_artifact)
+    val: str | None = None
+    export: Manifest | None = None  # the export's manifest, for rules that depend on it (fixed batch)
+    calibration: Tensors | None = None  # preprocessed --calib set
     validation: Tensors | None = None  # preprocessed --val set, when given
 
 
 class Backend(ABC):
     name: str = ""
+    targets: tuple[str, ...] = ()  # manifest "target" values this backend runs (besides its name)
     precisions: tuple[str, ...] = ()
+    device_kind: str = "cpu"  # "cpu": always runs on the CPU; "cuda": on a GPU; "any": follows --device
+    runtime_module: str | None = None  # the library it loads (imported before bench times a load)
+    Options: type[Options] = Options  # its compile options (types, defaults, help, rules)
     default_calib_method: str | None = None
     calib_methods: tuple[str, ...] = ()
     default_calib_size: int = 300
@@ -97,11 +129,18 @@ class Backend(ABC):
     def availability(self) -> Availability:
         """Whether this backend can run here, and if not, why and how to install it."""
 
-    def check_options(self, options: CompileOptions) -> None:  # noqa: B027 - optional hook
-        """Reject options this backend cannot honour, before any work is done (raise BadInput)."""
+    def precisions_on(self, device: str) -> tuple[str, ...]:
+        """The precisions it builds for DEVICE ("cpu" or "cuda"); () where it does not run."""
+        return self.precisions if self.device_kind in ("any", device) else ()
+
+    def check_options(self, request: CompileRequest) -> None:  # noqa: B027 - optional hook
+        """Rules between options and the generic flags, before any work is done (raise BadInput).
+
+        Each option's own type, range and choices are already checked from its declaration.
+        """
 
     def compile(self, export_dir: Path, out_dir: Path, manifest: Manifest,
-                options: CompileOptions) -> Manifest:
+                request: CompileRequest) -> Manifest:
         """Write the artifact into out_dir (a temp dir); return its manifest (not yet saved).
 
         MANIFEST is a copy of the export manifest already extended with the generic fields
@@ -109,6 +148,10 @@ class Backend(ABC):
         "precision_plan", ...) and return it.
         """
         raise NotImplementedError(f"{self.name} cannot compile")
+
+    def summary_line(self, manifest: Manifest) -> str | None:
+        """One line for the compile summary: what the artifact runs, and how (None: nothing to add)."""
+        return None
 
     @abstractmethod
     def open_runner(self, artifact_dir: Path, manifest: Manifest, **options: Any) -> Runner:
@@ -137,7 +180,31 @@ def get_backend(name: str) -> Backend:
     return backends[name]
 
 
+def compile_backends() -> dict[str, Backend]:
+    """The backends `vitedge compile` can target (those that implement compile)."""
+    return {name: b for name, b in all_backends().items() if type(b).compile is not Backend.compile}
+
+
+def backend_for_target(target: str) -> Backend:
+    """The backend that runs an artifact whose manifest says TARGET ("onnx": an export dir)."""
+    for backend in all_backends().values():
+        if target == backend.name or target in backend.targets:
+            return backend
+    raise BadInput(f"unknown artifact target {target!r}")
+
+
+def options_classes() -> dict[str, type[Options]]:
+    """Each compile target's Options class, for the CLI flags and the recipe schema."""
+    return {name: b.Options for name, b in compile_backends().items()}
+
+
+def backend_options(backend: Backend, values: dict[str, Any], *, cli: bool = False) -> Options:
+    """VALUES checked and typed into BACKEND's Options; an option it does not take names the
+    backends that do."""
+    return parse_options(backend.Options, values, backend=backend.name, others=merged_fields(options_classes()),
+                         cli=cli)
+
+
 def artifact_path(artifact_dir: Path, manifest: Manifest, key: str = "model") -> Path:
     """The main file of an artifact, as its manifest names it."""
-    name = manifest.get("artifact", {}).get(key) or manifest.get("onnx", {}).get("file", "model.onnx")
-    return Path(artifact_dir) / name
+    return Path(artifact_dir) / manifest.artifact_file(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,16 @@ from vitedge import ui
 from vitedge.backends.base import (
     Availability,
     Backend,
-    CompileOptions,
+    CompileRequest,
     Runner,
     artifact_path,
     register_backend,
 )
+from vitedge.backends.options import Options, ignored_scope_option, quantize_attention_option, threads_option
 from vitedge.envinfo import package_version
-from vitedge.errors import BadInput, CompileFailed, EnvironmentProblem
+from vitedge.errors import BadInput, CompileFailed
 from vitedge.manifest import Manifest
+from vitedge.ortsession import session
 
 MODEL_FILE = "model.onnx"
 # The FP32 artifact is saved after ORT's EXTENDED graph optimisations (constant folding plus
@@ -28,36 +31,6 @@ MODEL_FILE = "model.onnx"
 # documents as not portable; the runner applies them at load instead.
 OFFLINE_LEVEL = "ORT_ENABLE_EXTENDED"
 LOAD_LEVEL = "ORT_ENABLE_ALL"
-
-
-def session(model_path: Path | str, threads: int | None = None,
-            providers: list[str] | None = None, optimize: bool = True,
-            optimized_model_path: Path | str | None = None, level: str | None = None,
-            spinning: bool = True) -> Any:
-    """An ORT InferenceSession with explicit threads and graph optimisation level.
-
-    With OPTIMIZED_MODEL_PATH, ORT also writes the graph it optimised (at LEVEL) there.
-    `spinning=False` stops idle intra-op threads from spin-waiting, which otherwise takes the
-    cores from other runtimes timed in the same process (bench interleaves runners).
-    """
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise EnvironmentProblem("onnxruntime is not installed: pip install onnxruntime") from exc
-    opts = ort.SessionOptions()
-    if level is not None:
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    else:
-        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    if optimized_model_path is not None:
-        opts.optimized_model_filepath = str(optimized_model_path)
-    if threads:
-        opts.intra_op_num_threads = threads
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(model_path), opts, providers=providers or ["CPUExecutionProvider"])
 
 
 class OrtRunner(Runner):
@@ -81,10 +54,23 @@ class OrtRunner(Runner):
         self.session = None
 
 
+@dataclass(frozen=True)
+class OnnxRuntimeOptions(Options):
+    """`vitedge compile --target onnxruntime` options."""
+
+    threads: int | None = threads_option()
+    ignored_scope: list[str] = ignored_scope_option()
+    quantize_attention: bool = quantize_attention_option()
+
+
 @register_backend
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    targets = ("onnx",)  # an export dir runs on ONNX Runtime FP32
     precisions = ("fp32", "int8")
+    device_kind = "cpu"
+    runtime_module = "onnxruntime"
+    Options = OnnxRuntimeOptions
     default_calib_method = "minmax"
     calib_methods = ("minmax", "entropy", "percentile")
 
@@ -94,13 +80,13 @@ class OnnxRuntimeBackend(Backend):
             return Availability(False, None, "onnxruntime is not installed", "pip install onnxruntime")
         return Availability(True, version)
 
-    def check_options(self, options: CompileOptions) -> None:
-        if options.extra.get("max_drop") is not None:
-            raise BadInput("--max-drop (accuracy-controlled INT8) is an OpenVINO/NNCF feature; "
-                           "use --target openvino, or drop --max-drop")
+    def check_options(self, request: CompileRequest) -> None:
+        opts: OnnxRuntimeOptions = request.options  # type: ignore[assignment]
+        if request.precision != "int8" and (opts.ignored_scope or opts.quantize_attention):
+            raise BadInput("--ignored-scope and --quantize-attention apply to --precision int8 only")
 
     def compile(self, export_dir: Path, out_dir: Path, manifest: Manifest,
-                options: CompileOptions) -> Manifest:
+                request: CompileRequest) -> Manifest:
         """FP32: the graph after ORT's portable optimisations. INT8: a symmetric Q/DQ graph."""
         import onnx
 
@@ -109,7 +95,8 @@ class OnnxRuntimeBackend(Backend):
         source = artifact_path(export_dir, manifest)
         target = out_dir / MODEL_FILE
         plan: list[dict[str, Any]] = []
-        if options.precision == "fp32":
+        opts: OnnxRuntimeOptions = request.options  # type: ignore[assignment]
+        if request.precision == "fp32":
             with ui.Step(f"optimising the graph ({OFFLINE_LEVEL})"):
                 try:
                     session(source, optimized_model_path=target, level=OFFLINE_LEVEL)
@@ -117,19 +104,19 @@ class OnnxRuntimeBackend(Backend):
                     raise CompileFailed(f"ONNX Runtime could not optimise {source}: {exc}") from exc
             details: dict[str, Any] = {"graph_optimization": OFFLINE_LEVEL}
         else:
-            assert options.calibration is not None  # compile_artifact loads it for int8
-            scope = IgnoredScope.parse(options.extra.get("ignored_scope"))
+            assert request.calibration is not None  # compile_artifact loads it for int8
+            scope = IgnoredScope.parse(opts.ignored_scope)
             excluded = scope.select(onnx.load(str(source), load_external_data=False)) if scope else []
-            quantize_attention = bool(options.extra.get("quantize_attention"))
-            plan = quantize_qdq(source, target, options.calibration.x,
-                                method=options.calib_method or self.default_calib_method,
+            quantize_attention = opts.quantize_attention
+            plan = quantize_qdq(source, target, request.calibration.x,
+                                method=request.calib_method or self.default_calib_method,
                                 exclude_nodes=excluded, quantize_attention_matmuls=quantize_attention)
             details = {"format": "QDQ", "activations": "int8 symmetric per-tensor",
                        "weights": "int8 symmetric per-channel", "bias": "float",
                        "quantized_op_types": ["Conv", "MatMul", "Gemm"],
                        "attention_matmuls": "int8" if quantize_attention else "float",
-                       "ignored_scope": list(options.extra.get("ignored_scope") or [])}
-        threads = options.extra.get("threads")
+                       "ignored_scope": list(opts.ignored_scope)}
+        threads = opts.threads
         try:
             with OrtRunner(target, threads=threads) as runner:  # it must load and run here
                 h, w = manifest.preprocessing.input_size
@@ -141,6 +128,12 @@ class OnnxRuntimeBackend(Backend):
                                "providers": ["CPUExecutionProvider"]}
         manifest["precision_plan"] = plan
         return manifest
+
+    def summary_line(self, manifest: Manifest) -> str | None:
+        art, runtime = manifest.get("artifact", {}), manifest.get("runtime", {})
+        what = (f"Q/DQ graph ({art.get('activations')}, {art.get('weights')})" if "activations" in art
+                else f"graph saved after {art.get('graph_optimization')}")
+        return f"runs: ONNX Runtime CPU, {what}, threads {runtime.get('threads') or 'default'}"
 
     def open_runner(self, artifact_dir: Path, manifest: Manifest, **options: Any) -> Runner:
         runtime = manifest.get("runtime", {})

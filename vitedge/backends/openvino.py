@@ -14,6 +14,7 @@ import io
 import logging
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,12 @@ from vitedge import ui
 from vitedge.backends.base import (
     Availability,
     Backend,
-    CompileOptions,
+    CompileRequest,
     Runner,
     artifact_path,
     register_backend,
 )
+from vitedge.backends.options import Options, ignored_scope_option, option, threads_option
 from vitedge.envinfo import cpu_info, package_version
 from vitedge.errors import BadInput, CompileFailed, EnvironmentProblem
 from vitedge.manifest import Manifest
@@ -220,10 +222,28 @@ def _nncf_output() -> Iterator[None]:
         logger.setLevel(level)
 
 
+@dataclass(frozen=True)
+class OpenVINOOptions(Options):
+    """`vitedge compile --target openvino` options (run-time properties are recorded for load)."""
+
+    threads: int | None = threads_option()
+    streams: int | None = option(None, "OpenVINO NUM_STREAMS, recorded for load.", minimum=1,
+                                 rule="a positive number of streams")
+    hint: str = option("latency", "OpenVINO PERFORMANCE_HINT: latency | throughput.",
+                       choices=("latency", "throughput"))
+    max_drop: float | None = option(None, "INT8 with NNCF accuracy control: the largest absolute top-1 drop "
+                                    "on --val, in (0, 1).", exclusive_minimum=0, exclusive_maximum=1,
+                                    rule="an absolute top-1 drop in (0, 1), e.g. 0.005")
+    ignored_scope: list[str] = ignored_scope_option()
+
+
 @register_backend
 class OpenVINOBackend(Backend):
     name = "openvino"
     precisions = ("fp32", "fp16", "int8")
+    device_kind = "cpu"
+    runtime_module = "openvino"
+    Options = OpenVINOOptions
     default_calib_method = "nncf"
     calib_methods = ("nncf", "minmax", "percentile")
     calibrated_precisions = ("int8",)
@@ -234,19 +254,15 @@ class OpenVINOBackend(Backend):
             return Availability(False, None, "openvino is not installed", "pip install openvino nncf")
         return Availability(True, version)
 
-    def check_options(self, options: CompileOptions) -> None:
-        max_drop = options.extra.get("max_drop")
-        if max_drop is None:
-            return
-        if options.precision != "int8":
-            raise BadInput("--max-drop applies to --precision int8 only")
-        if not options.extra.get("val"):
+    def check_options(self, request: CompileRequest) -> None:
+        opts: OpenVINOOptions = request.options  # type: ignore[assignment]
+        if request.precision != "int8" and (opts.max_drop is not None or opts.ignored_scope):
+            raise BadInput("--max-drop and --ignored-scope apply to --precision int8 only")
+        if opts.max_drop is not None and not request.val:
             raise BadInput("--max-drop needs --val DIR: labelled validation images to measure the drop")
-        if not 0 < max_drop < 1:
-            raise BadInput(f"--max-drop is an absolute top-1 drop in (0, 1), e.g. 0.005; got {max_drop}")
 
     def compile(self, export_dir: Path, out_dir: Path, manifest: Manifest,
-                options: CompileOptions) -> Manifest:
+                request: CompileRequest) -> Manifest:
         """IR from the exported ONNX; INT8 through NNCF (TRANSFORMER: SmoothQuant, float LayerNorm)."""
         ov = _ov()
         source = artifact_path(export_dir, manifest)
@@ -257,26 +273,25 @@ class OpenVINOBackend(Backend):
                 raise CompileFailed(f"OpenVINO could not convert {source}: {exc}") from exc
         onnx_modules = _module_map(source)
         ignored: set[str] = set()
-        details: dict[str, Any] = {"weights": "fp16" if options.precision == "fp16" else "fp32"}
-        if options.precision == "int8":
+        opts: OpenVINOOptions = request.options  # type: ignore[assignment]
+        details: dict[str, Any] = {"weights": "fp16" if request.precision == "fp16" else "fp32"}
+        if request.precision == "int8":
             if cpu_info()["int8_vnni"] is False:
                 ui.warn("this CPU has no INT8 dot-product instructions (VNNI/AMX): OpenVINO runs INT8 through "
                         "a generic fallback that is often slower than its FP32 here; bench it against "
                         "--precision fp32 (gate `faster(openvino-int8, openvino-fp32)`) before you ship it")
-            ov_model, ignored, details = self._quantize(ov_model, onnx_modules, options)
-        ov.save_model(ov_model, str(out_dir / MODEL_XML), compress_to_fp16=options.precision == "fp16")
+            ov_model, ignored, details = self._quantize(ov_model, onnx_modules, request)
+        ov.save_model(ov_model, str(out_dir / MODEL_XML), compress_to_fp16=request.precision == "fp16")
         core = ov.Core()
         capabilities = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         properties: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": inference_precision_hint(options.precision, capabilities),
-            "PERFORMANCE_HINT": str(options.extra.get("hint") or "latency").upper(),
+            "INFERENCE_PRECISION_HINT": inference_precision_hint(request.precision, capabilities),
+            "PERFORMANCE_HINT": opts.hint.upper(),
         }
-        if properties["PERFORMANCE_HINT"] not in ("LATENCY", "THROUGHPUT"):
-            raise BadInput(f"--hint takes latency or throughput, got {options.extra.get('hint')!r}")
-        if options.extra.get("threads"):
-            properties["INFERENCE_NUM_THREADS"] = int(options.extra["threads"])
-        if options.extra.get("streams"):
-            properties["NUM_STREAMS"] = int(options.extra["streams"])
+        if opts.threads:
+            properties["INFERENCE_NUM_THREADS"] = opts.threads
+        if opts.streams:
+            properties["NUM_STREAMS"] = opts.streams
         with ui.Step("compiling for CPU"):
             try:
                 saved = core.read_model(str(out_dir / MODEL_XML))
@@ -289,12 +304,12 @@ class OpenVINOBackend(Backend):
         manifest["runtime"] = {"properties": properties, "device": "CPU", "resolved_at_build": resolved,
                                "cpu_capabilities": capabilities, "cpu_int8_vnni": cpu_info()["int8_vnni"]}
         manifest["precision_run"] = resolved["inference_precision"]
-        manifest["precision_plan"] = runtime_plan(compiled, ov_module_map(saved, onnx_modules), options.precision,
+        manifest["precision_plan"] = runtime_plan(compiled, ov_module_map(saved, onnx_modules), request.precision,
                                                   ignored, accuracy_control=details.get("max_drop") is not None)
         return manifest
 
     def _quantize(self, ov_model: Any, onnx_modules: dict[str, str | None],
-                  options: CompileOptions) -> tuple[Any, set[str], dict[str, Any]]:
+                  request: CompileRequest) -> tuple[Any, set[str], dict[str, Any]]:
         """nncf.quantize (or quantize_with_accuracy_control with --max-drop) on the ov.Model.
 
         Returns the quantized model, the op names --ignored-scope matched, and what to record.
@@ -306,32 +321,33 @@ class OpenVINOBackend(Backend):
 
         from vitedge.precision.int8 import IgnoredScope
 
-        if options.calibration is None:
+        opts: OpenVINOOptions = request.options  # type: ignore[assignment]
+        if request.calibration is None:
             raise BadInput("--precision int8 needs --calib DIR (calibration images)")
-        x = options.calibration.x
+        x = request.calibration.x
         calib_ds = nncf.Dataset([x[i:i + 1] for i in range(len(x))])
-        scope = IgnoredScope.parse(options.extra.get("ignored_scope"))
+        scope = IgnoredScope.parse(opts.ignored_scope)
         names, matched = _ignored(scope, ov_model, onnx_modules)
         ignored_scope = nncf.IgnoredScope(names=names, patterns=list(scope.patterns),
                                           types=list(scope.types)) if scope else None
-        method = options.calib_method or self.default_calib_method
+        method = request.calib_method or self.default_calib_method
         advanced = AdvancedQuantizationParameters()
         if _NNCF_RANGES[method]:
             advanced.activations_range_estimator_params = getattr(RangeEstimatorParametersSet,
                                                                   _NNCF_RANGES[method])
         kwargs: dict[str, Any] = dict(subset_size=len(x), model_type=nncf.ModelType.TRANSFORMER,
                                       ignored_scope=ignored_scope)
-        max_drop = options.extra.get("max_drop")
+        max_drop = opts.max_drop
         details: dict[str, Any] = {"weights": "int8 per-channel symmetric", "quantizer": "nncf",
                                    "model_type": "TRANSFORMER", "range_estimator": method,
-                                   "ignored_scope": list(options.extra.get("ignored_scope") or []),
+                                   "ignored_scope": list(opts.ignored_scope),
                                    "max_drop": max_drop}
         try:
             with _nncf_output():
                 if max_drop is None:
                     quantized = nncf.quantize(ov_model, calib_ds, advanced_parameters=advanced, **kwargs)
                 else:
-                    val = options.validation
+                    val = request.validation
                     if val is None or val.labels is None:
                         raise BadInput("--max-drop needs labelled --val data (class subfolders, "
                                        "path<TAB>label lists or an .npz with labels)")
@@ -347,6 +363,13 @@ class OpenVINOBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - NNCF wraps many backend errors
             raise CompileFailed(f"NNCF quantization failed: {exc}") from exc
         return quantized, matched, details
+
+    def summary_line(self, manifest: Manifest) -> str | None:
+        resolved = manifest.get("runtime", {}).get("resolved_at_build")
+        if not resolved:
+            return None
+        return (f"runs: inference precision {resolved['inference_precision']}, hint "
+                f"{resolved['performance_hint']}, {resolved['threads']} threads, {resolved['streams']} stream(s)")
 
     def open_runner(self, artifact_dir: Path, manifest: Manifest, **options: Any) -> Runner:
         runtime = manifest.get("runtime", {})

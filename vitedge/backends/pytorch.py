@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from vitedge.backends.base import Availability, Backend, Runner, register_backend
+from vitedge.backends.base import Availability, Backend, CudaEventTimer, Runner, register_backend
 from vitedge.envinfo import package_version
 from vitedge.errors import IncompatibleArtifact
 from vitedge.manifest import Manifest
@@ -48,13 +48,9 @@ class TorchRunner(Runner):
 
         x = next(iter(batch.values())) if isinstance(batch, dict) else batch
         xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        with torch.inference_mode():
-            start.record()
+        with torch.inference_mode(), CudaEventTimer(torch) as timer:
             out = self.module(xt)
-            end.record()
-        torch.cuda.synchronize()
-        self.last_ms = start.elapsed_time(end)
+        self.last_ms = timer.elapsed_ms()
         return out.float().cpu().numpy()
 
 
@@ -76,6 +72,8 @@ def load_reference(manifest: Manifest) -> Any:
 class PyTorchBackend(Backend):
     name = "pytorch"
     precisions = ("fp32",)
+    device_kind = "any"
+    runtime_module = "torch"
 
     def availability(self) -> Availability:
         version = package_version("torch")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from vitedge.backends.onnxruntime import session
+from vitedge.ortsession import session
 
 
 def float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:

@@ -21,26 +21,21 @@ from typing import Any
 import numpy as np
 
 from vitedge import __version__, ui
-from vitedge.backends.base import Runner
+from vitedge.backends.base import Runner, backend_for_target, get_backend
 from vitedge.data import Tensors, load_tensors, open_image_set
 from vitedge.errors import BadInput, EnvironmentProblem, GateFailed
 from vitedge.fsutil import write_json_atomic
 from vitedge.manifest import MANIFEST_NAME, Manifest
+from vitedge.metrics import compare_logits, per_class_drift, worst_disagreements
 from vitedge.preprocessing import Preprocessing
+from vitedge.runtime import load
 from vitedge.validate import gates as gatelib
 from vitedge.validate.latency import measure_interleaved, process_rss_bytes, speedups, summarize
-from vitedge.validate.metrics import compare_logits, per_class_drift, worst_disagreements
 
 REPORT_SCHEMA = "vitedge.bench/report"
 REPORT_SCHEMA_VERSION = 1
 DRIFT_BATCH = 32
 DEVICES = ("cpu", "cuda")
-# Backends that run on the --device; the others are CPU runtimes whatever --device says.
-_DEVICE_BACKENDS = {"pytorch", "tensorrt"}
-# The library each backend loads, imported before a runner's load is timed so that the
-# first artifact of a backend is not charged the library's import time and memory.
-_RUNTIME_MODULES = {"pytorch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino",
-                    "tensorrt": "tensorrt"}
 # Runners timed in one process must not spin-wait between calls (it starves the next runner).
 _RUNNER_OPTIONS = {"spinning": False}
 REFERENCE_NOTE = ("PyTorch eager FP32 (TF32 disabled on GPUs), rebuilt from the export's model spec "
@@ -221,9 +216,10 @@ def _gpu_free(device: str) -> int | None:
 
 
 def _measure_load(backend: str, device: str, load: Callable[[], Any]) -> tuple[Any, float, _MemoryBefore]:
-    """(what load() returns, its seconds, memory before it), after importing the backend's library."""
+    """(what load() returns, its seconds, memory before it), after importing the backend's library
+    (so that the first artifact of a backend is not charged the library's import time and memory)."""
     try:
-        importlib.import_module(_RUNTIME_MODULES.get(backend, backend))
+        importlib.import_module(get_backend(backend).runtime_module or backend)
     except ImportError:
         pass  # load() reports the missing runtime with its install hint
     before = _MemoryBefore(process_rss_bytes(), _gpu_free(device))
@@ -248,9 +244,7 @@ def _open_reference(reference: str | Path, ref_dir: Path | None, loaded: Any, de
 
     with ui.Step("loading the PyTorch FP32 reference"):
         if ref_dir is not None:
-            import vitedge
-
-            predictor, load_s, before = _measure_load("pytorch", device, lambda: vitedge.load(
+            predictor, load_s, before = _measure_load("pytorch", device, lambda: load(
                 ref_dir, backend="pytorch", device=device, threads=threads, **_RUNNER_OPTIONS))
             runner, predict, source = predictor.runner, predictor.predict, str(ref_dir)
             labels = predictor.labels
@@ -268,17 +262,14 @@ def _open_reference(reference: str | Path, ref_dir: Path | None, loaded: Any, de
 
 def _open_candidate(name: str, path: Path, manifest: Manifest, device: str, threads: int,
                     probe: np.ndarray, aliases: dict[str, str]) -> Subject:
-    import vitedge
-    from vitedge.runtime import _TARGET_BACKEND
-
-    target = manifest.get("target", "onnx")
-    backend = _TARGET_BACKEND.get(target, target)
-    run_device = device if backend in _DEVICE_BACKENDS else "cpu"
+    target = manifest.target
+    impl = backend_for_target(target)
+    backend = impl.name
+    run_device = "cpu" if impl.device_kind == "cpu" else device  # CPU runtimes ignore --device
     with ui.Step(f"loading {name} ({backend})"):
-        predictor, load_s, before = _measure_load(backend, run_device, lambda: vitedge.load(
+        predictor, load_s, before = _measure_load(backend, run_device, lambda: load(
             path, device=run_device, threads=threads, **_RUNNER_OPTIONS))
-        onnx = manifest.get("onnx", {})
-        fixed = None if onnx.get("dynamic_batch", True) else onnx.get("batch")
+        fixed = manifest.fixed_batch
         files = manifest.get("files") or {}
         size = sum((path / f).stat().st_size for f in files) if files else \
             sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)

@@ -1,0 +1,116 @@
+"""The graph TensorRT builds, made and checked on any CPU: FP16 with FP32 islands or INT8 Q/DQ
+with the rest FP16, and its drift vs the export measured with ONNX Runtime."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitedge import ui
+from vitedge.backends.base import CompileRequest
+from vitedge.backends.tensorrt.settings import TensorRTOptions
+from vitedge.errors import CompileFailed
+from vitedge.manifest import Manifest
+from vitedge.ortsession import run_graph
+
+VERIFY_SAMPLES = 256
+DEFAULT_CALIB_METHOD = "entropy"
+
+
+def trt_plan(model: Any, export_onnx: Path, request: CompileRequest,
+             calibration: np.ndarray | None) -> tuple[Any, dict[str, Any]]:
+    """The graph TensorRT builds for the requested precision, and its precision plan.
+
+    The plan: `nodes` (every compute node's dtype and why), `summary` (node counts per dtype)
+    and `fp16` (margin, I/O dtype, FP32 islands with reasons and PyTorch modules).
+    """
+    from vitedge.precision.fp16 import DEFAULT_MARGIN, plan_fp16
+    from vitedge.precision.int8 import IgnoredScope
+
+    opts: TensorRTOptions = request.options  # type: ignore[assignment]
+    precision = request.precision
+    keep = IgnoredScope.parse(opts.ignored_scope).select(model)
+    if precision == "fp32":
+        return model, {"nodes": [], "summary": {"all": "fp32 (TF32 off)"}}
+    margin = opts.fp16_margin or DEFAULT_MARGIN
+    io_fp16 = opts.io == "fp16"
+    if calibration is None:
+        ui.warn("no --calib: FP32 islands only for LayerNorm/Softmax; pass --calib to also keep "
+                "large activations in FP32")
+    if precision == "fp16":
+        with ui.Step("FP16 plan: calibration statistics and FP32 islands"):
+            graph, fp16 = plan_fp16(model, calibration, margin=margin, io_fp16=io_fp16, keep=keep)
+        nodes = fp16.pop("nodes")
+    else:
+        quantized, int8_nodes = _quantize(export_onnx, request, calibration, keep)
+        with ui.Step("FP16 plan for the unquantized rest: calibration statistics and FP32 islands"):
+            graph, fp16 = plan_fp16(quantized, calibration, margin=margin, io_fp16=io_fp16, keep=keep)
+        fp16.pop("nodes")
+        islands = {i["node"]: i["reason"] for i in fp16["fp32_islands"]}
+        nodes = [entry if entry["dtype"] == "int8" else  # INT8 where quantized, else FP16 unless an island
+                 {**entry, "dtype": "fp32" if entry["node"] in islands else "fp16",
+                  "reason": islands.get(entry["node"], f"{entry['reason']} (FP16)")}
+                 for entry in int8_nodes]
+    summary = {dtype: sum(n["dtype"] == dtype for n in nodes) for dtype in ("int8", "fp16", "fp32")}
+    return graph, {"nodes": nodes, "summary": {k: v for k, v in summary.items() if v}, "fp16": fp16}
+
+
+def _quantize(export_onnx: Path, request: CompileRequest, calibration: np.ndarray,
+              keep: list[str]) -> tuple[Any, list[dict[str, Any]]]:
+    """Explicit Q/DQ through the shared quantizer (symmetric INT8, per-channel weights, float bias)."""
+    import onnx
+
+    from vitedge.precision.int8 import quantize_qdq
+
+    opts: TensorRTOptions = request.options  # type: ignore[assignment]
+    method = request.calib_method or DEFAULT_CALIB_METHOD
+    with tempfile.TemporaryDirectory(prefix="vitedge-trt-int8-") as tmp:
+        out = Path(tmp) / "int8.onnx"
+        nodes = quantize_qdq(export_onnx, out, calibration, method="minmax" if method == "max" else method,
+                             exclude_nodes=keep, quantize_attention_matmuls=opts.quantize_attention)
+        return onnx.load(str(out)), nodes
+
+
+def verification_data(request: CompileRequest, manifest: Manifest) -> dict[str, Any]:
+    """Inputs for the CPU drift check: --val (labelled), else calibration, else seeded random."""
+    from vitedge.data import random_inputs
+
+    for tensors, source in ((request.validation, "--val"), (request.calibration, "calibration set")):
+        if tensors is not None:
+            rng = np.random.default_rng(request.seed)
+            pick = np.sort(rng.permutation(len(tensors.x))[:VERIFY_SAMPLES])
+            labels = tensors.labels[pick] if tensors.labels is not None else None
+            return {"x": tensors.x[pick], "labels": labels, "source": source}
+    return {"x": random_inputs(manifest.preprocessing, 32, request.seed), "labels": None,
+            "source": "seeded random inputs"}
+
+
+def verify_on_cpu(reference: Path, candidate: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Drift of the TensorRT-ready graph vs the export's FP32 ONNX, run with ONNX Runtime on CPU.
+
+    Two runs: the graph as ONNX Runtime executes it, and its FP16-storage emulation (every
+    FP16 tensor rounded as TensorRT stores it), since ORT's CPU kernels skip much FP16 rounding.
+    """
+    import onnx
+
+    from vitedge.metrics import compare_logits
+    from vitedge.precision.fp16 import emulate_fp16
+
+    x, labels = data["x"], data["labels"]
+    with ui.Step(f"verifying on CPU with ONNX Runtime ({len(x)} samples)"):
+        ref = run_graph(onnx.load(str(reference)), x)
+        graph = onnx.load(str(candidate))
+        runs = {"onnxruntime": graph, "fp16_storage_emulated": emulate_fp16(graph)}
+        result: dict[str, Any] = {"reference": "export ONNX, FP32 (parity-checked against PyTorch)",
+                                  "data": data["source"], "samples": int(len(x))}
+        for name, model in runs.items():
+            out = run_graph(model, x)
+            bad = int((~np.isfinite(out)).any(axis=1).sum())
+            if bad:
+                raise CompileFailed(f"the TensorRT-ready graph gives inf/NaN on {bad} of {len(x)} samples on "
+                                    f"CPU ({name}); lower --fp16-margin to keep more nodes in FP32")
+            result[name] = compare_logits(ref, out, labels)
+    return result
