@@ -1,4 +1,8 @@
-"""The library functions the CLI, recipes and apps call."""
+"""The library functions the CLI, recipes and apps call: export, compile, bench, inspect, doctor.
+
+`vitedge.load` (the embedding API for device apps) lives in `runtime.py`; `vitedge/__init__`
+re-exports both, so apps and notebooks need no CLI.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +46,56 @@ def export(
                         data=str(data) if data else None, atol=atol)
 
 
+def compile(
+    export_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    target: str,
+    precision: str = "fp32",
+    calib: str | Path | None = None,
+    calib_size: int | None = None,
+    calib_method: str | None = None,
+    val: str | Path | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> Manifest:
+    """Compile the export in EXPORT_DIR for TARGET into OUT_DIR (as `vitedge compile`).
+
+    OPTIONS are the target's own options by name (e.g. `hint="throughput"` for openvino,
+    `batch="1:8:32"` for tensorrt); they are checked against its declaration before any work.
+    """
+    from vitedge.compile import compile_artifact
+
+    return compile_artifact(export_dir, out_dir, target=target, precision=precision, calib=calib,
+                            calib_size=calib_size, calib_method=calib_method, seed=seed, val=val, extra=options)
+
+
+def bench(
+    artifacts: str | Path | list[str | Path],
+    *,
+    reference: str | Path,
+    data: str | Path,
+    batches: tuple[int, ...] | list[int] = (1, 8),
+    gates: tuple[str, ...] | list[str] = (),
+    report_dir: str | Path | None = None,
+    device: str = "cpu",
+    max_images: int | None = None,
+    warmup: int = 5,
+    iters: int = 30,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Drift and latency of ARTIFACTS vs the PyTorch FP32 REFERENCE on DATA (as `vitedge bench`).
+
+    Returns the report (report.json's content); raises `GateFailed` when a gate fails.
+    """
+    from vitedge.validate.bench import run_bench
+
+    paths = [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
+    return run_bench(paths, reference=reference, data=data, batches=list(batches), gates=list(gates),
+                     report_dir=report_dir, device=device, max_images=max_images, warmup=warmup, iters=iters,
+                     threads=threads)
+
+
 def inspect(artifact_dir: str | Path) -> Manifest:
     """The manifest of an artifact dir, or of the dir holding a given .onnx file."""
     path = Path(artifact_dir)
@@ -76,7 +130,9 @@ def doctor() -> dict[str, Any]:
     for name, backend in all_backends().items():
         a = backend.availability()
         backends[name] = {"usable": a.usable, "version": a.version, "reason": a.reason,
-                          "install": a.install, "precisions": list(backend.precisions)}
+                          "install": a.install, "precisions": list(backend.precisions),
+                          "devices": {d: list(backend.precisions_on(d)) for d in ("cpu", "cuda")
+                                      if backend.precisions_on(d)}}
     try:
         import nncf  # noqa: F401
 

@@ -64,7 +64,7 @@ def compile_artifact(in_dir: str | Path, out_dir: str | Path, *, target: str, pr
         if "precision_summary" not in manifest:
             manifest["precision_summary"] = dict(sorted(Counter(e["dtype"] for e in plan).items())) \
                 if plan else {"all": precision}
-        if request.validation is not None and "incomplete" not in manifest:
+        if request.validation is not None and not manifest.incomplete:
             manifest["validation"] = _validate(backend, tmp, manifest, artifact_path(in_dir, source), request)
         manifest["compile"] = {
             "seconds": round(time.perf_counter() - start, 2),
@@ -74,11 +74,11 @@ def compile_artifact(in_dir: str | Path, out_dir: str | Path, *, target: str, pr
             "options": as_dict(request.options),
         }
         manifest.save(tmp)
-    if "incomplete" in manifest:
+    if manifest.incomplete:
         from vitedge.report_cli import print_compile_summary
 
         print_compile_summary(manifest, out_dir)
-        raise EnvironmentProblem(manifest["incomplete"]["reason"])
+        raise EnvironmentProblem(manifest.incomplete["reason"])
     return manifest
 
 
@@ -88,7 +88,7 @@ def _load_export(in_dir: Path) -> Manifest:
         raise BadInput(f"{in_dir} is not an export dir (no {MANIFEST_NAME}): run "
                        f"`vitedge export MODEL -o {in_dir}` first")
     source = Manifest.load(in_dir)
-    if source.get("kind") != "export":
+    if not source.is_export:
         raise BadInput(f"{in_dir} is a compiled {source.get('target')} artifact, not an export dir: "
                        "compile from the directory `vitedge export` wrote")
     source.verify_files(in_dir)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,10 +153,6 @@ class Tensors:
     names: list[str]
     skipped: list[str]
     content_hash: str
-
-    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, len(self.x), batch_size):
-            yield {INPUT_NAME: self.x[start:start + batch_size]}
 
 
 def load_tensors(image_set: ImageSet, pre: Preprocessing, *, use_cache: bool = True,

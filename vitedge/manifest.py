@@ -81,7 +81,7 @@ class Manifest(dict):
     @property
     def is_export(self) -> bool:
         """An export dir (`vitedge export`), as opposed to a compiled artifact."""
-        return self.get("kind", "export") == "export"
+        return self.get("kind") == "export"
 
     @property
     def target(self) -> str:

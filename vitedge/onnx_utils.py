@@ -9,6 +9,7 @@ from typing import Any
 import onnx
 
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})  # the explicit-quantization node pair
 
 
 def default_opset(model: onnx.ModelProto) -> int:

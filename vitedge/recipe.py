@@ -351,8 +351,7 @@ def _artifact_ok(artifact_dir: Path) -> Callable[[], bool]:
             manifest.verify_files(artifact_dir)
         except VitedgeError:
             return False
-        source = manifest.get("source", {})
-        weights, recorded = source.get("weights"), source.get("weights_sha256")
+        weights, recorded = manifest.provenance.weights, manifest.provenance.weights_sha256
         return not (weights and recorded and Path(weights).is_file() and sha256_file(weights) != recorded)
 
     return check

@@ -90,7 +90,7 @@ class OnnxRuntimeBackend(Backend):
         """FP32: the graph after ORT's portable optimisations. INT8: a symmetric Q/DQ graph."""
         import onnx
 
-        from vitedge.precision.int8 import IgnoredScope, quantize_qdq
+        from vitedge.precision.int8 import QUANT_OP_TYPES, IgnoredScope, quantize_qdq
 
         source = artifact_path(export_dir, manifest)
         target = out_dir / MODEL_FILE
@@ -113,7 +113,7 @@ class OnnxRuntimeBackend(Backend):
                                 exclude_nodes=excluded, quantize_attention_matmuls=quantize_attention)
             details = {"format": "QDQ", "activations": "int8 symmetric per-tensor",
                        "weights": "int8 symmetric per-channel", "bias": "float",
-                       "quantized_op_types": ["Conv", "MatMul", "Gemm"],
+                       "quantized_op_types": list(QUANT_OP_TYPES),
                        "attention_matmuls": "int8" if quantize_attention else "float",
                        "ignored_scope": list(opts.ignored_scope)}
         threads = opts.threads
@@ -136,7 +136,7 @@ class OnnxRuntimeBackend(Backend):
         return f"runs: ONNX Runtime CPU, {what}, threads {runtime.get('threads') or 'default'}"
 
     def open_runner(self, artifact_dir: Path, manifest: Manifest, **options: Any) -> Runner:
-        runtime = manifest.get("runtime", {})
+        runtime = manifest.runtime
         threads = options.get("threads") or runtime.get("threads")
         return OrtRunner(artifact_path(artifact_dir, manifest), threads=threads,
                          precision=manifest.get("precision", "fp32"), spinning=options.get("spinning", True))

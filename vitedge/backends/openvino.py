@@ -372,7 +372,7 @@ class OpenVINOBackend(Backend):
                 f"{resolved['performance_hint']}, {resolved['threads']} threads, {resolved['streams']} stream(s)")
 
     def open_runner(self, artifact_dir: Path, manifest: Manifest, **options: Any) -> Runner:
-        runtime = manifest.get("runtime", {})
+        runtime = manifest.runtime
         device = str(options.get("device") or runtime.get("device") or "CPU").upper()
         return OpenVINORunner(artifact_path(artifact_dir, manifest),
                               runtime_properties(runtime, options.get("threads")), device)

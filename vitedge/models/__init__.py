@@ -7,6 +7,7 @@ Specs: `timm:<arch>`, `torchvision:<arch>`, `hf:<dir>`, `<file>.pt2`, `<file>.pt
 
 from __future__ import annotations
 
-from vitedge.models.base import LoadedModel, load_model, parse_labels, source_names
+from vitedge.models import sources  # noqa: F401  (registers the sources with base)
+from vitedge.models.base import LoadedModel, load_model, parse_labels
 
-__all__ = ["LoadedModel", "load_model", "parse_labels", "source_names"]
+__all__ = ["LoadedModel", "load_model", "parse_labels"]

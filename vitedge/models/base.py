@@ -96,12 +96,6 @@ def register_source(prefix: str) -> Callable[[SourceFn], SourceFn]:
     return deco
 
 
-def source_names() -> list[str]:
-    from vitedge.models import sources  # noqa: F401  (registers)
-
-    return sorted(_SOURCES)
-
-
 def resolve_source(spec: str) -> tuple[str, str]:
     """Split a MODEL spec into (source, rest)."""
     path = Path(spec)
@@ -130,8 +124,6 @@ def load_model(
     labels: list[str] | None = None,
 ) -> LoadedModel:
     """Load MODEL spec + weights into an eval-mode classifier and check it is one."""
-    from vitedge.models import sources  # noqa: F401  (registers)
-
     if weights is not None:
         weights = Path(weights)
         if not weights.is_file():

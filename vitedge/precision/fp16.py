@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vitedge.onnx_utils import default_opset, module_name
+from vitedge.onnx_utils import QDQ_OPS, default_opset, module_name
 from vitedge.precision.stats import activation_ranges, float_tensor_types
 
 FP16_MAX = 65504.0
@@ -45,7 +45,6 @@ FP16_OPS = frozenset({
     "Softplus", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "TopK",
     "Transpose", "Trilu", "Unsqueeze", "Where",
 })
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 # Inputs that take any dtype: never cast in front of them.
 _ANY_DTYPE_INPUTS = {"Shape": {0}, "Size": {0}, "Cast": {0}}
 # Float inputs that stay FP32 inside an FP16 node (Resize roi/scales).

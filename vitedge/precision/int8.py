@@ -23,18 +23,17 @@ import numpy as np
 import onnx
 
 from vitedge import ui
+from vitedge.data import INPUT_NAME
 from vitedge.errors import BadInput, CompileFailed
-from vitedge.onnx_utils import NAME_SCOPES_KEY, module_name
+from vitedge.onnx_utils import NAME_SCOPES_KEY, QDQ_OPS, module_name
 
 QUANT_OP_TYPES = ("Conv", "MatMul", "Gemm")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 # Data movement and shape arithmetic: not part of a precision plan.
 LAYOUT_OPS = frozenset({
     "Shape", "Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Concat", "Gather", "Expand",
     "Constant", "ConstantOfShape", "Identity", "Flatten", "Cast", "Range", "Split", "Size",
 })
-INPUT_NAME = "pixel_values"
 
 
 @dataclass(frozen=True)
@@ -177,14 +176,6 @@ def qdq_plan(model: onnx.ModelProto, *, op_types: Sequence[str] = QUANT_OP_TYPES
         plan.append({"node": node.name, "op": node.op_type, "module": module, "dtype": dtype,
                      "reason": reason})
     return plan
-
-
-def plan_summary(plan: list[dict[str, Any]]) -> dict[str, int]:
-    """Node count per dtype, e.g. {"int8": 25, "fp32": 120}."""
-    counts: dict[str, int] = {}
-    for entry in plan:
-        counts[entry["dtype"]] = counts.get(entry["dtype"], 0) + 1
-    return dict(sorted(counts.items()))
 
 
 class _CalibrationReader:

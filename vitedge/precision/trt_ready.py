@@ -16,11 +16,10 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from vitedge.errors import CompileFailed
-from vitedge.onnx_utils import default_opset
+from vitedge.onnx_utils import QDQ_OPS, default_opset
 from vitedge.precision.stats import float_tensor_types
 
 MIN_OPSET = 17  # fused LayerNormalization
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 CHECKS = ("opset >= 17", "Q/DQ types are INT8 (no UINT8)", "zero points are constant zeros",
           "scales are constant", "per-channel scales only on constant weights, output-channel axis",
           "no INT32 bias dequantization", "no decomposed LayerNorm")

@@ -117,9 +117,10 @@ def run_bench(artifacts: Sequence[str | Path], *, reference: str | Path, data: s
     report["status"] = "passed" if all(r.passed for r in results) else "failed"
 
     from vitedge.validate import reports
+    from vitedge.validate.report_files import write_reports
 
     if report_dir is not None:
-        report["files"] = reports.write_reports(report, Path(report_dir))
+        report["files"] = write_reports(report, Path(report_dir))
     if record:
         for subject in subjects[1:]:
             _record_validation(subject, report)

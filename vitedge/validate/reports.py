@@ -14,8 +14,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vitedge.fsutil import write_text_atomic
-
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 stdout = Console(highlight=False)
 LOG_WIDTH = 200
@@ -24,19 +22,6 @@ LOG_WIDTH = 200
 def load_schema() -> dict[str, Any]:
     """The JSON Schema report.json follows."""
     return json.loads(SCHEMA_PATH.read_text())
-
-
-def write_reports(report: dict[str, Any], report_dir: Path) -> dict[str, str]:
-    """Write all four reports into REPORT_DIR; return {format: path}."""
-    from vitedge.validate.report_html import render_html
-
-    report_dir.mkdir(parents=True, exist_ok=True)
-    files = {fmt: str(report_dir / f"report.{fmt}") for fmt in ("json", "xml", "md", "html")}
-    write_text_atomic(files["json"], json.dumps(_finite({**report, "files": files}), indent=2) + "\n")
-    write_text_atomic(files["xml"], render_junit(report))
-    write_text_atomic(files["md"], render_markdown(report))
-    write_text_atomic(files["html"], render_html(report))
-    return files
 
 
 def _finite(obj: Any) -> Any:
