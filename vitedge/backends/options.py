@@ -139,7 +139,7 @@ def parse_options(options_class: type[Options], values: Mapping[str, Any], *, ba
                                f"--target {' / '.join(owners)}")
             raise BadInput(f"unknown option {name!r} for --target {backend}")
         info = infos[name]
-        typed[name] = _check(info, value, info.flag if cli else name)
+        typed[name] = _check(info, value, info.flag if cli else f"option {name!r}")
     return options_class(**typed)
 
 
