@@ -60,7 +60,7 @@ def test_timing_cache_is_saved_and_reused(demo_export: Path, tmp_path: Path) -> 
     first = compile_artifact(demo_export, tmp_path / "a", target="tensorrt", extra=dict(extra))
     second = compile_artifact(demo_export, tmp_path / "b", target="tensorrt", extra=dict(extra))
     cache = Path(first["tensorrt"]["timing_cache"]["file"])
-    assert cache.is_file() and trt.__version__ in cache.name and cache.parent == tmp_path
+    assert cache == tmp_path / "vit.cache" and cache.is_file()  # the file the trtexec line names too
     assert not first["tensorrt"]["timing_cache"]["reused"] and second["tensorrt"]["timing_cache"]["reused"]
 
 

@@ -20,7 +20,6 @@ from vitedge.backends.tensorrt import (
     _run_graph,
     engine_mismatch,
     parse_profile,
-    timing_cache_path,
 )
 from vitedge.errors import BadInput, CompileFailed, EnvironmentProblem
 from vitedge.manifest import Manifest
@@ -127,17 +126,11 @@ def test_trtexec_command_has_every_build_setting(demo_export: Path) -> None:
     settings = EngineSettings.from_options(Manifest.load(demo_export), {
         "batch": "1:4:16", "workspace_gb": 2, "opt_level": 5, "timing_cache": "vit.cache",
         "hardware_compat": "ampere+", "version_compatible": True})
-    assert settings.trtexec_command() == (
+    assert settings.trtexec_command(Path.cwd()) == (
         "trtexec --onnx=model.trt.onnx --stronglyTyped --noTF32 --minShapes=pixel_values:1x3x32x32 "
         "--optShapes=pixel_values:4x3x32x32 --maxShapes=pixel_values:16x3x32x32 "
         "--memPoolSize=workspace:2048 --builderOptimizationLevel=5 --timingCacheFile=vit.cache "
         "--hardwareCompatibilityLevel=ampere+ --versionCompatible --saveEngine=model.engine")
-
-
-def test_timing_cache_is_keyed_by_gpu_and_tensorrt_version(tmp_path: Path) -> None:
-    path = timing_cache_path(str(tmp_path / "vit.cache"), "NVIDIA GeForce RTX 4090", "8.9", "10.7.0")
-    assert path == tmp_path / "vit.nvidia-geforce-rtx-4090-sm89-trt10.7.0.cache"
-    assert timing_cache_path(None, "Orin", "8.7", "10.3.0").name == "timing-orin-sm87-trt10.3.0.cache"
 
 
 def test_engine_mismatch_messages() -> None:

@@ -46,6 +46,7 @@ def compile_artifact(in_dir: str | Path, out_dir: str | Path, *, target: str, pr
     backend = get_backend(target)
     request = check_request(backend, precision=precision, calib=calib, calib_size=calib_size,
                             calib_method=calib_method, seed=seed, val=val, options=extra, export=source)
+    request.out_dir = out_dir
     available = backend.availability()
     if not available.usable and not backend.compiles_without_runtime:
         raise EnvironmentProblem(f"--target {target} is not usable here: {available.reason} ({available.install})")

@@ -106,6 +106,7 @@ class CompileRequest:
     seed: int = 0
     val: str | None = None
     export: Manifest | None = None  # the export's manifest, for rules that depend on it (fixed batch)
+    out_dir: Path | None = None  # where the artifact lands (backends build in a temp dir beside it)
     calibration: Tensors | None = None  # preprocessed --calib set
     validation: Tensors | None = None  # preprocessed --val set, when given
 

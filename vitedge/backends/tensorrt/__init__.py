@@ -28,7 +28,6 @@ from vitedge.backends.tensorrt.settings import (
     TensorRTOptions,
     engine_mismatch,
     parse_profile,
-    timing_cache_path,
 )
 from vitedge.envinfo import gpu_info, package_version
 from vitedge.errors import BadInput, IncompatibleArtifact
@@ -41,7 +40,7 @@ INSTALL_HINT = ("pip install --extra-index-url https://pypi.nvidia.com tensorrt 
                 "GPU and driver")
 
 __all__ = ["DEFAULT_PROFILE", "EngineSettings", "TensorRTBackend", "TensorRTOptions", "_run_graph",
-           "build_engine", "engine_mismatch", "parse_profile", "timing_cache_path"]
+           "build_engine", "engine_mismatch", "parse_profile"]
 
 
 @register_backend
@@ -97,7 +96,7 @@ class TensorRTBackend(Backend):
             ready = check_trt_ready(graph)
         onnx.save(graph, str(out_dir / TRT_ONNX))
         verification = verify_on_cpu(export_onnx, out_dir / TRT_ONNX, verification_data(request, manifest))
-        command = settings.trtexec_command()
+        command = settings.trtexec_command(request.out_dir or out_dir)
         manifest.update(
             artifact={"model": ENGINE, "onnx": TRT_ONNX},
             precision_plan=plan["nodes"], precision_summary=plan["summary"], fp16_plan=plan.get("fp16"),

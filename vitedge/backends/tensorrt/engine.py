@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vitedge import ui
-from vitedge.backends.tensorrt.settings import HARDWARE_COMPAT, EngineSettings, timing_cache_path
+from vitedge.backends.tensorrt.settings import HARDWARE_COMPAT, EngineSettings
 from vitedge.envinfo import gpu_info
 from vitedge.errors import CompileFailed, EnvironmentProblem
 
@@ -50,9 +50,8 @@ def build_engine(onnx_path: Path, engine_path: Path, settings: EngineSettings) -
         profile.set_shape(settings.input_name, low, opt, high)
         config.add_optimization_profile(profile)
     gpu = current_gpu()
-    cache_file = timing_cache_path(settings.timing_cache, gpu["name"], gpu["compute_capability"],
-                                   trt.__version__)
-    saved = cache_file.read_bytes() if cache_file.is_file() else b""
+    cache_file = settings.timing_cache_file()  # the same file the trtexec line names
+    saved = cache_file.read_bytes() if cache_file is not None and cache_file.is_file() else b""
     reused = bool(saved) and config.set_timing_cache(config.create_timing_cache(saved), ignore_mismatch=False)
     if not reused:
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
@@ -64,13 +63,14 @@ def build_engine(onnx_path: Path, engine_path: Path, settings: EngineSettings) -
                             "--workspace or a lower --opt-level may help")
     with open(engine_path, "wb") as fh:
         fh.write(plan)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(f".{cache_file.name}.tmp")
-    tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    tmp.replace(cache_file)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.tmp")
+        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+        tmp.replace(cache_file)
     return {"version": trt.__version__, "gpu": gpu["name"], "compute_capability": gpu["compute_capability"],
             "build_seconds": round(time.perf_counter() - start, 2), "strongly_typed": True, "tf32": False,
-            "timing_cache": {"file": str(cache_file), "reused": reused}}
+            "timing_cache": {"file": str(cache_file) if cache_file else None, "reused": reused}}
 
 
 def _parser_error(error: Any) -> str:

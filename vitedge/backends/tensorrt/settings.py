@@ -1,9 +1,12 @@
-"""TensorRT build settings: the compile options, the engine settings made from them, and the
-rules that key an engine to a GPU and a TensorRT version. No TensorRT import here."""
+"""TensorRT build settings: the compile options, the engine settings made from them (which both
+the Python build and the printed `trtexec` line read), and the rules that tie an engine to a
+GPU and a TensorRT version. No TensorRT import here."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +31,8 @@ class TensorRTOptions(Options):
                                         exclusive_minimum=0, rule="a positive number of GB")
     opt_level: int | None = option(None, "Builder optimisation level 0-5 (TensorRT's default 3).", minimum=0,
                                    maximum=5, rule="0-5 (TensorRT's builder optimisation level)")
-    timing_cache: Path | None = option(None, "Timing cache file, reused across builds (keyed by GPU and "
-                                       "TensorRT version).", path=True)
+    timing_cache: Path | None = option(None, "Timing cache file, read and updated by every build (name one "
+                                       "per GPU and TensorRT version).", path=True)
     hardware_compat: str = option("none", "Hardware compatibility: none | ampere+ (one engine for every "
                                   "Ampere-or-later GPU).", choices=tuple(HARDWARE_COMPAT))
     version_compatible: bool = option(False, "Build a version-compatible engine (runs on later TensorRT "
@@ -49,7 +52,11 @@ class TensorRTOptions(Options):
 
 @dataclass
 class EngineSettings:
-    """What the engine build needs besides the graph; validated before any work is done."""
+    """What the engine build needs besides the graph; validated before any work is done.
+
+    `build_engine` and `trtexec_command` both read these, so the printed line builds what the
+    Python build builds. `timing_cache` is an absolute path (see `timing_cache_file`).
+    """
 
     input_name: str
     chw: tuple[int, int, int]
@@ -63,7 +70,11 @@ class EngineSettings:
 
     @classmethod
     def from_options(cls, manifest: Manifest, options: TensorRTOptions | dict[str, Any]) -> "EngineSettings":
-        """From the export's I/O and the (already checked) --batch/--workspace/... options."""
+        """From the export's I/O and the (already checked) --batch/--workspace/... options.
+
+        A relative --timing-cache is relative to the current directory, like every CLI path;
+        it is stored absolute so that the build and the line name the same file.
+        """
         if isinstance(options, dict):
             options = TensorRTOptions(**{k: Path(v) if k == "timing_cache" and v else v
                                          for k, v in options.items()})
@@ -77,7 +88,7 @@ class EngineSettings:
             input_name=inputs[0]["name"], chw=tuple(int(d) for d in shape[1:]),  # type: ignore[arg-type]
             profile=parse_profile(options.batch, fixed), fixed_batch=fixed,
             workspace_mib=int(workspace * 1024) if workspace else None, opt_level=options.opt_level,
-            timing_cache=str(options.timing_cache) if options.timing_cache else None,
+            timing_cache=os.path.abspath(options.timing_cache) if options.timing_cache else None,
             hardware_compat=options.hardware_compat, version_compatible=options.version_compatible,
         )
 
@@ -86,8 +97,20 @@ class EngineSettings:
         assert self.profile is not None
         return tuple((b, *self.chw) for b in self.profile)  # type: ignore[return-value]
 
-    def trtexec_command(self, onnx_file: str = TRT_ONNX, engine_file: str = ENGINE) -> str:
-        """The trtexec line that builds the same engine as `build_engine` (run in the artifact dir)."""
+    def timing_cache_file(self) -> Path | None:
+        """The one timing-cache rule: the file --timing-cache names, exactly, for the Python build
+        and for the trtexec line alike; without it, no cache (each build times from scratch).
+
+        The file is not keyed by GPU or TensorRT version, because the line is usually written
+        where neither is known: name one file per target. The Python build loads it with
+        TensorRT's `ignore_mismatch=False`, so a cache from another GPU or version is not used.
+        """
+        return Path(self.timing_cache) if self.timing_cache else None
+
+    def trtexec_command(self, artifact_dir: str | Path = ".", onnx_file: str = TRT_ONNX,
+                        engine_file: str = ENGINE) -> str:
+        """The trtexec line that builds the same engine as `build_engine`, to run in ARTIFACT_DIR:
+        paths relative to it, every word shell-quoted."""
         parts = ["trtexec", f"--onnx={onnx_file}", "--stronglyTyped", "--noTF32"]
         if self.profile:
             for flag, shape in zip(("min", "opt", "max"), self.shapes(), strict=True):
@@ -96,14 +119,15 @@ class EngineSettings:
             parts.append(f"--memPoolSize=workspace:{self.workspace_mib}")
         if self.opt_level is not None:
             parts.append(f"--builderOptimizationLevel={self.opt_level}")
-        if self.timing_cache:
-            parts.append(f"--timingCacheFile={self.timing_cache}")
+        cache = self.timing_cache_file()
+        if cache is not None:
+            parts.append(f"--timingCacheFile={os.path.relpath(cache, os.path.abspath(artifact_dir))}")
         if self.hardware_compat != "none":
             parts.append(f"--hardwareCompatibilityLevel={self.hardware_compat}")
         if self.version_compatible:
             parts.append("--versionCompatible")
         parts.append(f"--saveEngine={engine_file}")
-        return " ".join(parts)
+        return shlex.join(parts)
 
 
 def parse_profile(text: str | None, fixed_batch: int | None) -> tuple[int, int, int] | None:
@@ -121,18 +145,6 @@ def parse_profile(text: str | None, fixed_batch: int | None) -> tuple[int, int, 
         raise BadInput(f"the export has a fixed batch of {fixed_batch}: re-export with --batch dynamic "
                        f"to build a {text} profile")
     return values  # type: ignore[return-value]
-
-
-def timing_cache_path(base: str | None, gpu_name: str, compute_capability: str, trt_version: str) -> Path:
-    """The timing cache file for this GPU + TensorRT version (a stale one is never reused)."""
-    gpu = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
-    key = f"{gpu}-sm{compute_capability.replace('.', '')}-trt{trt_version}"
-    if base is None:
-        from vitedge.data import cache_dir
-
-        return cache_dir() / "tensorrt" / f"timing-{key}.cache"
-    path = Path(base)
-    return path.with_name(f"{path.stem}.{key}{path.suffix or '.cache'}")
 
 
 def engine_mismatch(built: dict[str, Any], trt_version: str, gpu_name: str,
