@@ -94,9 +94,10 @@ def test_flags_and_schema_come_from_the_same_options(cli) -> None:
     for name, (info, owners) in merged_fields(base.options_classes()).items():
         assert info.flag in help_text, f"{info.flag} missing from compile --help"
         assert name in options and options[name]["description"].endswith(f"[{', '.join(owners)}]")
-    assert options["opt_level"]["anyOf"][0] == {"type": "integer", "minimum": 0, "maximum": 5}
+    assert {k: options["opt_level"][k] for k in ("type", "minimum", "maximum")} == {
+        "type": ["integer", "null"], "minimum": 0, "maximum": 5}
     assert options["hint"]["enum"] == ["latency", "throughput"]
-    assert options["quantized"]["anyOf"][0]["type"] == "string"  # declared for --target tensorrt
+    assert options["quantized"]["type"] == ["string", "null"]  # declared for --target tensorrt
 
 
 def test_values_are_typed_and_checked_by_their_declaration() -> None:

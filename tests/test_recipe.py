@@ -42,6 +42,11 @@ def write_recipe(folder: Path, **changes: object) -> Path:
     ({}, ["targets.0.precision=fp16"], "targets.0 (onnxruntime-fp16): onnxruntime does not support precision fp16"),
     ({"calibration": {"size": 10}}, ["targets.0.precision=int8"], "is int8 and needs calibration.data"),
     ({}, ["targets.0.options.hint=fast"], "targets.0.options.hint: 'fast' is not one of latency, throughput"),
+    ({}, ["targets.0.options.max_drop=0.01"],
+     "targets.0 (onnxruntime-fp32).options: option 'max_drop' is not an option of --target onnxruntime; "
+     "it is for --target openvino"),
+    ({}, ["targets.0.options.threads=0"], "targets.0.options.threads: 0 is less than the minimum of 1"),
+    ({}, ["targets.0.options.quantize_attention=true"], "apply to --precision int8 only"),
     ({}, ["targets.0.calib_method=magic"], "targets.0 (onnxruntime-fp32).calib_method: 'magic' is not one of"),
     ({}, ["bench.data=nowhere"], "bench.data: "),
     ({}, ["gates=[top1_agreemnt>=0.9]"], "unknown metric 'top1_agreemnt'"),

@@ -86,8 +86,11 @@ class OptionInfo:
                 out[key] = value
         if self.spec.path:
             out["minLength"] = 1
-        if self.optional:
-            out = {"anyOf": [out, {"type": "null"}]}
+        if self.optional:  # null means "not given"; range keywords ignore it
+            if "enum" in out:
+                out["enum"] = [*out["enum"], None]
+            else:
+                out["type"] = [out["type"], "null"]
         out["description"] = self.spec.help
         return out
 
@@ -239,6 +242,10 @@ def threads_option() -> Any:
 
 def ignored_scope_option() -> Any:
     return option([], "Keep float: node name, PyTorch module, re:<regex> or type:<OpType> (repeatable).")
+
+
+def plan_option() -> Any:
+    return option("accurate", "INT8 Q/DQ placement profile: accurate | fast.", choices=("accurate", "fast"))
 
 
 def quantize_attention_option() -> Any:

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitedge.backends.options import Options, ignored_scope_option, option, quantize_attention_option
+from vitedge.backends.options import (
+    Options,
+    ignored_scope_option,
+    option,
+    plan_option,
+    quantize_attention_option,
+)
 from vitedge.errors import BadInput
 from vitedge.manifest import Manifest
 
@@ -47,7 +53,7 @@ class TensorRTOptions(Options):
     quantized: Path | None = option(None, "INT8: a pre-quantized Q/DQ ONNX of the same network (ModelOpt, "
                                     "QAT) to build instead of vitedge's own quantization.", path=True,
                                     must_exist=True)
-    plan: str = option("accurate", "INT8 Q/DQ placement profile: accurate | fast.", choices=("accurate", "fast"))
+    plan: str = plan_option()
 
 
 @dataclass
