@@ -150,3 +150,14 @@ def test_readme_python_runs_as_written(tmp_path: Path, monkeypatch: pytest.Monke
     status, agreement = lines[-1].split()  # the bench summary table is printed in between
     assert status == "passed" and float(agreement) >= 0.99
     assert (tmp_path / "runs" / "library" / "report" / "report.html").is_file()
+
+
+def test_library_functions_keep_their_names_after_submodule_imports() -> None:
+    """`vitedge.export`/`vitedge.compile` are also submodules: importing those must not rebind the names."""
+    import importlib
+
+    import vitedge
+
+    importlib.import_module("vitedge.export")
+    importlib.import_module("vitedge.compile")
+    assert all(callable(getattr(vitedge, name)) for name in vitedge.__all__ if name != "__version__")

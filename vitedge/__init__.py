@@ -1,7 +1,7 @@
 """vitedge: trained ViT -> validated ONNX -> TensorRT / OpenVINO / ONNX Runtime, verified.
 
 The library face: `export`, `compile`, `bench` (see `vitedge.api`) and `load` (see
-`vitedge.runtime`). Each is imported on first use, so `import vitedge` stays light.
+`vitedge.runtime`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
+
+# `vitedge.export` and `vitedge.compile` are also the names of submodules. Python binds a
+# submodule to its package's attribute when it is first imported, which would replace the
+# functions below as soon as anything imports `vitedge.export`; importing both here first
+# (no torch at import) lets the functions defined afterwards keep their names.
+import vitedge.compile  # noqa: E402, F401, I001
+import vitedge.export  # noqa: E402, F401
 
 __all__ = ["__version__", "bench", "compile", "export", "load"]
 
