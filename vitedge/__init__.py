@@ -6,6 +6,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from vitedge.telemetry import decline_vendor_telemetry  # noqa: E402 - before OpenVINO/NNCF load
+
+decline_vendor_telemetry()
+
 __all__ = ["__version__", "export", "load"]
 
 

@@ -25,7 +25,7 @@ from vitedge.backends.base import Backend, CompileOptions, artifact_path
 from vitedge.data import Tensors, load_tensors, open_image_set
 from vitedge.envinfo import cpu_info, hardware, tool_versions
 from vitedge.errors import BadInput, EnvironmentProblem
-from vitedge.fsutil import atomic_dir
+from vitedge.fsutil import atomic_dir, check_free_space, check_output_dir, output_lock
 from vitedge.manifest import MANIFEST_NAME, Manifest
 from vitedge.validate.metrics import compare_logits
 
@@ -35,9 +35,12 @@ out = Console(highlight=False)
 def compile_artifact(in_dir: str | Path, out_dir: str | Path, *, target: str, precision: str = "fp32",
                      calib: str | None = None, calib_size: int | None = None,
                      calib_method: str | None = None, seed: int = 0,
-                     extra: dict[str, Any] | None = None) -> Manifest:
-    """Compile the export in IN_DIR for TARGET at PRECISION into OUT_DIR; return its manifest."""
-    start = time.perf_counter()
+                     extra: dict[str, Any] | None = None, force: bool = False) -> Manifest:
+    """Compile the export in IN_DIR for TARGET at PRECISION into OUT_DIR; return its manifest.
+
+    FORCE: replace OUT_DIR even when it is not a previous compiled artifact (never when it
+    holds the export or the calibration data).
+    """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     source = _load_export(in_dir)
     if out_dir.resolve() == in_dir.resolve():
@@ -47,16 +50,28 @@ def compile_artifact(in_dir: str | Path, out_dir: str | Path, *, target: str, pr
     available = backend.availability()
     if not available.usable and not backend.compiles_without_runtime:
         raise EnvironmentProblem(f"--target {target} is not usable here: {available.reason} ({available.install})")
+    inputs = [in_dir, *(p for p in (options.calib, options.extra.get("val")) if p)]
+    check_output_dir(out_dir, "compiled", force=force, inputs=inputs)
+    with output_lock(out_dir):
+        export_bytes = sum((in_dir / name).stat().st_size for name in source.get("files", {}))
+        check_free_space(out_dir, 2 * export_bytes + (32 << 20), f"compiling {in_dir}")
+        return _compile_locked(backend, source, in_dir, out_dir, target, precision, options, force, inputs)
+
+
+def _compile_locked(backend: Backend, source: Manifest, in_dir: Path, out_dir: Path, target: str, precision: str,
+                    options: CompileOptions, force: bool, inputs: list[Any]) -> Manifest:
+    """The compile itself, with OUT_DIR locked and every check done."""
+    start = time.perf_counter()
     if options.calib and precision in backend.calibrated_precisions:
         image_set = open_image_set(options.calib, source.labels).subset(
-            options.calib_size or backend.default_calib_size, seed)
+            options.calib_size or backend.default_calib_size, options.seed)
         options.calibration = load_tensors(image_set, source.preprocessing, description="calibration images")
     elif options.calib:
         ui.warn(f"--calib is not used for --target {target} --precision {precision}")
     if options.extra.get("val"):
         options.validation = load_tensors(open_image_set(options.extra["val"], source.labels),
                                           source.preprocessing, description="validation images")
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="compiled", force=force, inputs=inputs) as tmp:
         manifest = backend.compile(in_dir, tmp, _compiled_manifest(source, in_dir, target, options), options)
         plan = manifest.setdefault("precision_plan", [])
         if "precision_summary" not in manifest:

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vitedge.fsutil import write_text_atomic
+from vitedge.errors import BadInput
+from vitedge.fsutil import write_files_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 stdout = Console(highlight=False)
@@ -27,15 +28,18 @@ def load_schema() -> dict[str, Any]:
 
 
 def write_reports(report: dict[str, Any], report_dir: Path) -> dict[str, str]:
-    """Write all four reports into REPORT_DIR; return {format: path}."""
+    """Write all four reports into REPORT_DIR, as a set (all or none); return {format: path}."""
     from vitedge.validate.report_html import render_html
 
-    report_dir.mkdir(parents=True, exist_ok=True)
     files = {fmt: str(report_dir / f"report.{fmt}") for fmt in ("json", "xml", "md", "html")}
-    write_text_atomic(files["json"], json.dumps(_finite({**report, "files": files}), indent=2) + "\n")
-    write_text_atomic(files["xml"], render_junit(report))
-    write_text_atomic(files["md"], render_markdown(report))
-    write_text_atomic(files["html"], render_html(report))
+    rendered = {files["json"]: json.dumps(_finite({**report, "files": files}), indent=2) + "\n",
+                files["xml"]: render_junit(report), files["md"]: render_markdown(report),
+                files["html"]: render_html(report)}
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"cannot create --report {report_dir}: {exc.strerror or exc}") from exc
+    write_files_atomic(rendered)  # all four or none
     return files
 
 
