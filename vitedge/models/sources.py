@@ -180,14 +180,20 @@ def load_hf(directory: str, req: ModelRequest) -> LoadedModel:
         raise BadInput(f"hf:{directory} is not a Hugging Face model folder (no config.json)")
     from transformers import AutoConfig, AutoModelForImageClassification
 
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    # trust_remote_code=False: a folder's own Python files are never imported (SECURITY.md)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except ValueError as exc:  # unknown model_type, or custom code vitedge will not run
+        raise BadInput(f"hf:{directory}: transformers cannot read its config without running the folder's "
+                       f"own code or at all: {str(exc).strip().splitlines()[0]}") from exc
     archs = config.architectures or []
     if archs and not any("ImageClassification" in a for a in archs):
         # from_pretrained would silently bolt a random head onto a backbone
         raise BadInput(f"hf:{directory} holds {', '.join(archs)}, not an image classifier "
                        "(vitedge needs a *ForImageClassification model)")
     try:
-        model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True)
+        model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True,
+                                                                trust_remote_code=False)
     except (ValueError, KeyError) as exc:
         raise BadInput(
             f"hf:{directory} ({config.model_type}) is not an image-classification model: "

@@ -34,6 +34,7 @@ from vitedge.validate.metrics import compare_logits, per_class_drift, worst_disa
 REPORT_SCHEMA = "vitedge.bench/report"
 REPORT_SCHEMA_VERSION = 1
 DRIFT_BATCH = 32
+REPORT_SPACE_BYTES = 16 << 20  # room the four reports need, generously (HTML with plots is the largest)
 DEVICES = ("cpu", "cuda")
 # Backends that run on the --device; the others are CPU runtimes whatever --device says.
 _DEVICE_BACKENDS = {"pytorch", "tensorrt"}
@@ -92,9 +93,10 @@ def run_bench(artifacts: Sequence[str | Path], *, reference: str | Path, data: s
     if report_dir is None:
         return _run_bench(artifacts, reference, data, batches, gates, None, device, max_images, warmup, iters,
                           threads, worst, record, trust_source)
-    from vitedge.fsutil import check_output_dir, output_lock
+    from vitedge.fsutil import check_free_space, check_output_dir, output_lock
 
     check_output_dir(report_dir, "report", force=force, inputs=[data, *artifacts])
+    check_free_space(report_dir, REPORT_SPACE_BYTES, "the bench reports")
     with output_lock(report_dir):
         return _run_bench(artifacts, reference, data, batches, gates, report_dir, device, max_images, warmup,
                           iters, threads, worst, record, trust_source)
