@@ -23,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-_flags = {"debug": False}
+_flags = {"debug": False, "terminated": False}
 
 
 def _version(value: bool) -> None:
@@ -241,7 +241,16 @@ class Terminated(KeyboardInterrupt):
 
 def _on_sigterm(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough; cleanup must not be interrupted
+    _flags["terminated"] = True
     raise Terminated()
+
+
+def _aborted(exc: BaseException, args: list[str]) -> None:
+    """Ctrl-C / SIGTERM: say so in one line and exit 130; temp outputs are already removed."""
+    what = "terminated" if isinstance(exc, Terminated) else "aborted"
+    kept = " (steps finished before are kept)" if args[:1] == ["run"] else ""
+    ui.console.print(f"{what}, nothing written{kept}", soft_wrap=True)
+    sys.exit(130)
 
 
 def _os_error_line(exc: OSError) -> tuple[str, int]:
@@ -259,6 +268,7 @@ def _os_error_line(exc: OSError) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line and an exit code for every vitedge error."""
     args = _strip_global_flags(list(sys.argv[1:] if argv is None else argv))
+    _flags["terminated"] = False
     if not _flags["debug"]:  # library chatter (deprecations, tracer notes) is not for users
         import logging
         import warnings
@@ -270,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = app(args=args, prog_name="vitedge", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C inside a command into a returned 130
+            _aborted(Terminated() if _flags["terminated"] else KeyboardInterrupt(), args)
         if isinstance(code, int) and code:
             sys.exit(code)
     except VitedgeError as exc:
@@ -280,10 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt) as exc:
-        what = "terminated" if isinstance(exc, Terminated) else "aborted"
-        kept = " (steps finished before are kept)" if args[:1] == ["run"] else ""
-        ui.console.print(f"{what}, nothing written{kept}", soft_wrap=True)
-        sys.exit(130)
+        _aborted(exc, args)
     except MemoryError:
         if _flags["debug"]:
             raise
