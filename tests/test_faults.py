@@ -322,18 +322,39 @@ def test_bench_refuses_code_sources_named_by_a_manifest(cli, tmp_path: Path, dem
     assert r.code == 2 and "runs code" not in _one_error_line(r.err)
 
 
-def test_pt2_with_pickled_constants_is_refused(tmp_path: Path) -> None:
-    """torch.export.load would unpickle these with plain pickle; vitedge refuses the archive."""
+def test_pt2_is_loaded_without_running_its_pickles(tmp_path: Path) -> None:
+    """A .pt2 whose pickled parts run code: torch.export.load would run them (it falls back to
+    weights_only=False); vitedge's loader refuses the archive and nothing runs."""
+    import pickle
     import zipfile
+
+    import torch
 
     from vitedge.errors import BadInput
     from vitedge.models import load_model
 
-    path = tmp_path / "evil.pt2"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("evil/data/constants/opaque_obj_0", b"cos\nsystem\n(S'true'\ntR.")
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {marker}",))
+
+    good, evil = tmp_path / "good.pt2", tmp_path / "evil.pt2"
+    torch.export.save(torch.export.export(torch.nn.Flatten(), (torch.randn(2, 3, 8, 8),)), good)
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(evil, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            dst.writestr(item, pickle.dumps(Payload(), protocol=2) if item.filename.endswith("sample_inputs/model.pt")
+                         else data)
+    with pytest.raises(BadInput, match="holds pickled data that is not plain tensors"):
+        load_model(str(evil))
+    assert not marker.exists()
+    opaque = tmp_path / "opaque.pt2"
+    with zipfile.ZipFile(opaque, "w") as archive:  # constants torch reads with plain pickle.loads
+        archive.writestr("m/data/constants/opaque_obj_0", pickle.dumps(Payload(), protocol=2))
     with pytest.raises(BadInput, match="holds pickled Python objects"):
-        load_model(str(path))
+        load_model(str(opaque))
+    assert not marker.exists()
 
 
 # -- manifests: schema and confinement -----------------------------------------------------------

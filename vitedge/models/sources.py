@@ -6,6 +6,7 @@ import difflib
 import importlib
 import inspect
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -250,6 +251,9 @@ def load_pt2(file: str, req: ModelRequest) -> LoadedModel:
     except BadInput:
         raise
     except Exception as exc:  # noqa: BLE001
+        if "Weights only load failed" in str(exc):
+            raise BadInput(f"{file} holds pickled data that is not plain tensors, which would run code when "
+                           "loaded; vitedge refuses it (torch's weights-only loader rejected it)") from exc
         raise BadInput(f"{file} is not a torch.export program (.pt2) vitedge can load safely: "
                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
     shape = _pt2_input_shape(program)
@@ -286,9 +290,13 @@ def _load_pt2_weights_only(path: Path) -> Any:
                        "vitedge does not load them: re-export the program without custom-object constants")
     previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.ERROR)  # its fallback logs a traceback; our error says it in one line
     try:
         return torch.export.load(str(path))
     finally:
+        export_log.setLevel(level)
         if previous is None:
             del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
         else:
