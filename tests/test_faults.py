@@ -218,6 +218,30 @@ def test_read_only_outputs_are_refused_before_loading(cli, readonly_dir: Path, d
     assert r.code == 2 and "is not writable" in _one_error_line(r.err)
 
 
+def test_reports_are_written_as_a_set(tmp_path: Path) -> None:
+    from vitedge.errors import BadInput
+    from vitedge.fsutil import write_files_atomic
+
+    (tmp_path / "report.json").write_text("old")
+    with pytest.raises(BadInput, match="cannot write"):
+        write_files_atomic({tmp_path / "report.json": "new", tmp_path / "gone" / "report.md": "x"})
+    assert (tmp_path / "report.json").read_text() == "old" and _vitedge_leftovers(tmp_path) == []
+
+
+def test_a_swap_cut_by_sigkill_is_put_back(tmp_path: Path) -> None:
+    """Killed between moving the old output aside and moving the new one in: the next run
+    restores the old one (pid 4194305 is above Linux's pid limit, so never alive)."""
+    from vitedge.fsutil import clean_stale
+
+    aside = tmp_path / ".art.vitedge-old-4194305-abc"
+    aside.mkdir()
+    (aside / "vitedge.json").write_text("{}")
+    (tmp_path / ".art.vitedge-tmp-4194305-xyz").mkdir()
+    done = clean_stale(tmp_path / "art")
+    assert len(done) == 2 and (tmp_path / "art" / "vitedge.json").is_file()
+    assert _vitedge_leftovers(tmp_path) == []
+
+
 # -- two processes on one output ----------------------------------------------------------------
 
 def test_second_process_on_a_locked_output_exits_2_until_the_holder_dies(
