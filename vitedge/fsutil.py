@@ -200,7 +200,7 @@ def check_output_dir(out_dir: str | Path, kind: str, *, force: bool = False,
     that holds one of INPUTS, or the current directory (or one above it) for a replaced dir.
     """
     out_dir = Path(out_dir)
-    check_writable_parent(out_dir)
+    check_writable_parent(out_dir, in_place=kind in ("run", "report"))
     resolved = out_dir.resolve()
     flag = "--report" if kind == "report" else "-o"
     for item in inputs:
@@ -242,11 +242,16 @@ def check_output_dir(out_dir: str | Path, kind: str, *, force: bool = False,
     raise BadInput(f"{problem}: choose a new or empty directory, or pass --force to write there anyway")
 
 
-def check_writable_parent(out_dir: Path) -> None:
-    """Fail early, with one line, when OUT_DIR cannot be created or written."""
+def check_writable_parent(out_dir: Path, in_place: bool = False) -> None:
+    """Fail early, with one line, when OUT_DIR cannot be created or written. IN_PLACE: files are
+    written inside an existing OUT_DIR (a run dir, a report dir), so its parent may be read-only."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output path {out_dir} exists and is not a directory")
+    if in_place and out_dir.is_dir():
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            raise BadInput(f"cannot write output dir {out_dir}: it is not writable")
+        return
     probe = out_dir.resolve().parent  # where the dir (or its temp twin) is created
     while not probe.exists():
         probe = probe.parent
@@ -335,6 +340,9 @@ def atomic_dir(out_dir: str | Path, *, kind: str = "export", force: bool = False
 # -- output locks -----------------------------------------------------------------------------
 
 def _lock_path(target: Path) -> Path:
+    """Next to TARGET; inside it when only TARGET is writable (e.g. `run -o .` under a read-only parent)."""
+    if target.is_dir() and not os.access(target.parent, os.W_OK) and os.access(target, os.W_OK):
+        return target / LOCK_MARK
     return target.parent / f".{target.name}{LOCK_MARK}"
 
 
