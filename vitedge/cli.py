@@ -258,8 +258,10 @@ def _os_error_line(exc: OSError) -> tuple[str, int]:
     where = f" {exc.filename}" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         return f"out of disk space writing{where}: {exc.strerror}; free some space or write elsewhere", 3
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write{where}: {exc.strerror}; choose a writable location", 2
+    if exc.errno == errno.EROFS:
+        return f"cannot write{where}: read-only file system; choose a writable location", 2
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied:{where or ' a file vitedge needs'}; check its permissions", 2
     if exc.errno == errno.ENOENT:
         return f"{exc.filename or 'a file'} does not exist (or was removed while vitedge ran)", 2
     return f"{exc.strerror or exc}{where}", 4
