@@ -76,6 +76,9 @@ def _bad_weights(tmp_path: Path) -> Path:
         ("unwritable output", 2, "cannot create output dir"),
         ("old opset", 2, "opset 13 is too old"),
         ("bad batch", 2, "--batch must be 'dynamic' or a positive integer"),
+        ("zero batch", 2, "--batch must be 'dynamic' or a positive integer, got '0'"),
+        ("output is a file", 2, "exists and is not a directory"),
+        ("huge image size", 2, "--img-size must be between 8 and 1024, got 4096"),
     ],
 )
 def test_export_bad_input(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -92,6 +95,9 @@ def test_export_bad_input(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         "unwritable output": ["demo:digits"],
         "old opset": ["demo:digits", "--opset", "13"],
         "bad batch": ["demo:digits", "--batch", "many"],
+        "zero batch": ["demo:digits", "--batch", "0"],
+        "output is a file": ["demo:digits"],
+        "huge image size": ["timm:vit_tiny_patch16_224", "--img-size", "4096"],
     }[case]
     if "WEIGHTS" in args:
         args[args.index("WEIGHTS")] = _bad_weights(tmp_path)
@@ -108,13 +114,15 @@ def test_export_bad_input(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     if case == "unwritable output":
         (tmp_path / "file").write_text("x")
         out = tmp_path / "file" / "out"
+    if case == "output is a file":
+        out.write_text("mine")
     r = cli("export", *args, "-o", out)
     assert r.code == code, r.text
     lines = [line for line in r.err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), r.err
     assert needle in " ".join(r.err.split()), r.err
     assert "Traceback" not in r.text
-    assert not out.exists()
+    assert not out.exists() or out.read_text() == "mine"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp leftovers
 
 

@@ -10,6 +10,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from vitedge.telemetry import decline_vendor_telemetry  # noqa: E402 - before OpenVINO/NNCF load
+
+decline_vendor_telemetry()
+
 # `vitedge.export` and `vitedge.compile` are also the names of submodules. Python binds a
 # submodule to its package's attribute when it is first imported, which would replace the
 # functions below as soon as anything imports `vitedge.export`; importing both here first

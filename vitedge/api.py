@@ -12,6 +12,10 @@ from typing import Any
 from vitedge.errors import BadInput
 from vitedge.manifest import Manifest
 
+# Input sizes vitedge accepts: below 8 no ViT patch fits; above 1024 a ViT's attention needs
+# tens of GB and minutes per image on a CPU (4096 px -> 65536 tokens), which looks like a hang.
+MIN_IMG_SIZE, MAX_IMG_SIZE = 8, 1024
+
 
 def export(
     model: str,
@@ -29,21 +33,46 @@ def export(
     std: tuple[float, float, float] | None = None,
     crop_pct: float | None = None,
     interpolation: str | None = None,
+    force: bool = False,
 ) -> Manifest:
-    """Load MODEL, export it to OUT_DIR/model.onnx with a manifest, and check parity."""
-    from vitedge.export import export_model
+    """Load MODEL, export it to OUT_DIR/model.onnx with a manifest, and check parity.
+
+    Every flag and the output dir are checked before the model is loaded; OUT_DIR is locked
+    against a second vitedge process for the whole export.
+    """
+    from vitedge.export import MIN_OPSET, export_model
+    from vitedge.fsutil import check_free_space, check_output_dir, output_lock
     from vitedge.models import load_model, parse_labels
 
-    label_list = parse_labels(labels) if isinstance(labels, (str, Path)) else labels
-    loaded = load_model(model, weights=weights, num_classes=num_classes, img_size=img_size,
-                        labels=label_list)
-    if any(v is not None for v in (mean, std, crop_pct, interpolation)):
-        loaded.preprocessing = loaded.preprocessing.override(mean=mean, std=std, crop_pct=crop_pct,
-                                                             interpolation=interpolation)
+    out_dir = Path(out_dir)
+    if opset < MIN_OPSET:
+        raise BadInput(f"opset {opset} is too old: ViTs need >= {MIN_OPSET} for a fused "
+                       "LayerNormalization (TensorRT/FP16 overflow otherwise)")
+    if batch != "dynamic" and not (str(batch).isdigit() and int(batch) >= 1):
+        raise BadInput(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
+    if img_size is not None and not MIN_IMG_SIZE <= img_size <= MAX_IMG_SIZE:
+        raise BadInput(f"--img-size must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE}, got {img_size} "
+                       f"(a ViT's attention grows with the 4th power of the image side)")
+    if atol <= 0:
+        raise BadInput(f"--atol must be positive, got {atol}")
     if data is not None and not Path(data).exists():
         raise BadInput(f"--data {data} does not exist")
-    return export_model(loaded, out_dir, opset=opset, batch=batch,
-                        data=str(data) if data else None, atol=atol)
+    spec_path = Path(model[3:] if model.startswith("hf:") else model)
+    inputs = [p for p in (weights, data, labels if isinstance(labels, (str, Path)) else None) if p is not None]
+    check_output_dir(out_dir, "export", force=force, inputs=[*inputs, *([spec_path] if spec_path.exists() else [])])
+    label_list = parse_labels(labels) if isinstance(labels, (str, Path)) else labels
+    with output_lock(out_dir):
+        loaded = load_model(model, weights=weights, num_classes=num_classes, img_size=img_size,
+                            labels=label_list)
+        if any(v is not None for v in (mean, std, crop_pct, interpolation)):
+            loaded.preprocessing = loaded.preprocessing.override(mean=mean, std=std, crop_pct=crop_pct,
+                                                                 interpolation=interpolation)
+        module = loaded.module
+        params = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) \
+            if hasattr(module, "parameters") else 0
+        check_free_space(out_dir, 2 * params + (32 << 20), f"the export of {model}")
+        return export_model(loaded, out_dir, opset=opset, batch=batch,
+                            data=str(data) if data else None, atol=atol, force=force)
 
 
 def compile(
@@ -57,6 +86,7 @@ def compile(
     calib_method: str | None = None,
     val: str | Path | None = None,
     seed: int = 0,
+    force: bool = False,
     **options: Any,
 ) -> Manifest:
     """Compile the export in EXPORT_DIR for TARGET into OUT_DIR (as `vitedge compile`).
@@ -67,7 +97,8 @@ def compile(
     from vitedge.compile import compile_artifact
 
     return compile_artifact(export_dir, out_dir, target=target, precision=precision, calib=calib,
-                            calib_size=calib_size, calib_method=calib_method, seed=seed, val=val, extra=options)
+                            calib_size=calib_size, calib_method=calib_method, seed=seed, val=val, extra=options,
+                            force=force)
 
 
 def bench(
@@ -83,6 +114,8 @@ def bench(
     warmup: int = 5,
     iters: int = 30,
     threads: int | None = None,
+    trust_source: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Drift and latency of ARTIFACTS vs the PyTorch FP32 REFERENCE on DATA (as `vitedge bench`).
 
@@ -93,7 +126,7 @@ def bench(
     paths = [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
     return run_bench(paths, reference=reference, data=data, batches=list(batches), gates=list(gates),
                      report_dir=report_dir, device=device, max_images=max_images, warmup=warmup, iters=iters,
-                     threads=threads)
+                     threads=threads, trust_source=trust_source, force=force)
 
 
 def inspect(artifact_dir: str | Path) -> Manifest:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import signal
 import sys
+import threading
 import typing
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +24,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-_flags = {"debug": False}
+_flags = {"debug": False, "terminated": False}
 
 
 def _version(value: bool) -> None:
@@ -73,12 +76,13 @@ def export(
     std: Annotated[str | None, typer.Option(help="Override normalisation std.")] = None,
     crop_pct: Annotated[float | None, typer.Option(help="Override centre-crop fraction.")] = None,
     interpolation: Annotated[str | None, typer.Option(help="Override resize interpolation.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT even when it is not a previous vitedge export.")] = False,
 ) -> None:
     """Export a trained ViT to a validated ONNX + vitedge.json manifest."""
     from vitedge import api
     from vitedge.report_cli import print_export_summary
 
-    if batch != "dynamic" and not batch.isdigit():
+    if batch != "dynamic" and not (batch.isdigit() and int(batch) >= 1):
         from vitedge.errors import BadInput
 
         raise BadInput(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
@@ -86,7 +90,7 @@ def export(
         model, out, weights=weights, num_classes=num_classes, img_size=img_size, opset=opset,
         batch=batch if batch == "dynamic" else int(batch), data=data, labels=labels, atol=atol,
         mean=_floats3(mean, "--mean"), std=_floats3(std, "--std"), crop_pct=crop_pct,
-        interpolation=interpolation,
+        interpolation=interpolation, force=force,
     )
     print_export_summary(manifest, out)
 
@@ -151,6 +155,7 @@ def compile_cmd(
     val: Annotated[Path | None, typer.Option(help="Labelled validation data: checks the artifact after the "
                                                   "build (and feeds OpenVINO's --max-drop).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the calibration subset.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace OUT even when it is not a previous compiled artifact.")] = False,
     **backend_flags: Any,
 ) -> None:
     """Build a backend artifact (OpenVINO IR, ONNX Runtime model, TensorRT engine) from an export.
@@ -165,7 +170,8 @@ def compile_cmd(
     backend = get_backend(target)
     options = backend_options(backend, backend_flags, cli=True)
     manifest = compile_artifact(in_dir, out, target=target, precision=precision, calib=calib, calib_size=calib_size,
-                                calib_method=calib_method, seed=seed, val=val, extra=options)
+                                calib_method=calib_method, seed=seed, val=val, extra=options,
+                                force=force)
     print_compile_summary(manifest, out)
 
 
@@ -211,13 +217,16 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Warm-up runs per artifact and batch.")] = 5,
     iters: Annotated[int, typer.Option(help="Timed runs per artifact and batch.")] = 30,
     threads: Annotated[int | None, typer.Option(help="CPU threads for every runner.")] = None,
+    trust_source: Annotated[bool, typer.Option(
+        help="Let --reference DIR rebuild a source that runs code (.pt2, TorchScript, module:factory).")] = False,
+    force: Annotated[bool, typer.Option(help="Write reports into --report DIR though it holds other files.")] = False,
 ) -> None:
     """Accuracy drift and latency of artifacts vs the PyTorch reference, with gates and reports."""
     from vitedge.validate.bench import run_bench
 
     run_bench(artifacts, reference=reference, data=data, batches=_csv_ints(batch, "--batch"),
               gates=gate or [], report_dir=report, device=device, max_images=max_images,
-              warmup=warmup, iters=iters, threads=threads)
+              warmup=warmup, iters=iters, threads=threads, trust_source=trust_source, force=force)
 
 
 app.command(name="compile")(_with_backend_flags(compile_cmd))
@@ -228,11 +237,12 @@ def run(
     recipe: Annotated[Path, typer.Argument(help="A recipe YAML (see recipes/).")],
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Output directory (overrides the recipe).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: a.b=value.")] = None,
+    force: Annotated[bool, typer.Option(help="Write into OUT even when it is not a previous run's output.")] = False,
 ) -> None:
     """Run a recipe: export -> compile -> bench -> gates -> reports, skipping unchanged steps."""
     from vitedge.recipe import run_recipe
 
-    run_recipe(recipe, out_dir=out, overrides=set_ or [])
+    run_recipe(recipe, out_dir=out, overrides=set_ or [], force=force)
 
 
 def _strip_global_flags(argv: list[str]) -> list[str]:
@@ -248,17 +258,55 @@ def _strip_global_flags(argv: list[str]) -> list[str]:
     return rest
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that temp outputs are removed as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough; cleanup must not be interrupted
+    _flags["terminated"] = True
+    raise Terminated()
+
+
+def _aborted(exc: BaseException, args: list[str]) -> None:
+    """Ctrl-C / SIGTERM: say so in one line and exit 130; temp outputs are already removed."""
+    what = "terminated" if isinstance(exc, Terminated) else "aborted"
+    kept = " (steps finished before are kept)" if args[:1] == ["run"] else ""
+    ui.console.print(f"{what}, nothing written{kept}", soft_wrap=True)
+    sys.exit(130)
+
+
+def _os_error_line(exc: OSError) -> tuple[str, int]:
+    """One line and an exit code for an OSError no vitedge code turned into a VitedgeError."""
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return f"out of disk space writing{where}: {exc.strerror}; free some space or write elsewhere", 3
+    if exc.errno == errno.EROFS:
+        return f"cannot write{where}: read-only file system; choose a writable location", 2
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied:{where or ' a file vitedge needs'}; check its permissions", 2
+    if exc.errno == errno.ENOENT:
+        return f"{exc.filename or 'a file'} does not exist (or was removed while vitedge ran)", 2
+    return f"{exc.strerror or exc}{where}", 4
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line and an exit code for every vitedge error."""
     args = _strip_global_flags(list(sys.argv[1:] if argv is None else argv))
+    _flags["terminated"] = False
     if not _flags["debug"]:  # library chatter (deprecations, tracer notes) is not for users
         import logging
         import warnings
 
         warnings.filterwarnings("ignore")
         logging.getLogger("nncf").setLevel(logging.ERROR)
+    previous_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = app(args=args, prog_name="vitedge", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C inside a command into a returned 130
+            _aborted(Terminated() if _flags["terminated"] else KeyboardInterrupt(), args)
         if isinstance(code, int) and code:
             sys.exit(code)
     except VitedgeError as exc:
@@ -268,9 +316,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        ui.console.print("aborted")
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt) as exc:
+        _aborted(exc, args)
+    except MemoryError:
+        if _flags["debug"]:
+            raise
+        ui.console.print("[red]error:[/red] out of memory; use a smaller model, --img-size, batch or "
+                         "--max-images, or a machine with more memory", soft_wrap=True)
+        sys.exit(3)
+    except OSError as exc:
+        if _flags["debug"]:
+            raise
+        line, code = _os_error_line(exc)
+        ui.console.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
+        sys.exit(code)
     except Exception as exc:  # usage errors (typer's click) and anything unexpected
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
@@ -280,4 +339,6 @@ def main(argv: list[str] | None = None) -> None:
         ui.console.print(f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} "
                          "(re-run with --debug for the traceback and report it)", soft_wrap=True)
         sys.exit(4)
-
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)

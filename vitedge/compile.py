@@ -24,7 +24,7 @@ from vitedge.backends.options import Options, as_dict
 from vitedge.data import Tensors, load_tensors, open_image_set
 from vitedge.envinfo import cpu_info, hardware, tool_versions
 from vitedge.errors import BadInput, EnvironmentProblem
-from vitedge.fsutil import atomic_dir
+from vitedge.fsutil import atomic_dir, check_free_space, check_output_dir, output_lock
 from vitedge.manifest import MANIFEST_NAME, Manifest
 from vitedge.metrics import compare_logits
 
@@ -32,13 +32,14 @@ from vitedge.metrics import compare_logits
 def compile_artifact(in_dir: str | Path, out_dir: str | Path, *, target: str, precision: str = "fp32",
                      calib: str | Path | None = None, calib_size: int | None = None,
                      calib_method: str | None = None, seed: int = 0, val: str | Path | None = None,
-                     extra: Mapping[str, Any] | Options | None = None) -> Manifest:
+                     extra: Mapping[str, Any] | Options | None = None, force: bool = False) -> Manifest:
     """Compile the export in IN_DIR for TARGET at PRECISION into OUT_DIR; return its manifest.
 
     EXTRA holds the backend's options: its typed `Options`, or a dict of them by name (as
     recipes write them), validated against the backend's declaration before any work.
+    FORCE: replace OUT_DIR even when it is not a previous compiled artifact (never when it
+    holds the export or the calibration data).
     """
-    start = time.perf_counter()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     source = _load_export(in_dir)
     if out_dir.resolve() == in_dir.resolve():
@@ -50,16 +51,28 @@ def compile_artifact(in_dir: str | Path, out_dir: str | Path, *, target: str, pr
     available = backend.availability()
     if not available.usable and not backend.compiles_without_runtime:
         raise EnvironmentProblem(f"--target {target} is not usable here: {available.reason} ({available.install})")
+    inputs = [in_dir, *(p for p in (request.calib, request.val) if p)]
+    check_output_dir(out_dir, "compiled", force=force, inputs=inputs)
+    with output_lock(out_dir):
+        export_bytes = sum((in_dir / name).stat().st_size for name in source.get("files", {}))
+        check_free_space(out_dir, 2 * export_bytes + (32 << 20), f"compiling {in_dir}")
+        return _compile_locked(backend, source, in_dir, out_dir, target, precision, request, force, inputs)
+
+
+def _compile_locked(backend: Backend, source: Manifest, in_dir: Path, out_dir: Path, target: str, precision: str,
+                    request: CompileRequest, force: bool, inputs: list[Any]) -> Manifest:
+    """The compile itself, with OUT_DIR locked and every check done."""
+    start = time.perf_counter()
     if request.calib and precision in backend.calibrated_precisions:
         image_set = open_image_set(request.calib, source.labels).subset(
-            request.calib_size or backend.default_calib_size, seed)
+            request.calib_size or backend.default_calib_size, request.seed)
         request.calibration = load_tensors(image_set, source.preprocessing, description="calibration images")
     elif request.calib:
         ui.warn(f"--calib is not used for --target {target} --precision {precision}")
     if request.val:
         request.validation = load_tensors(open_image_set(request.val, source.labels),
                                           source.preprocessing, description="validation images")
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="compiled", force=force, inputs=inputs) as tmp:
         manifest = backend.compile(in_dir, tmp, _compiled_manifest(source, in_dir, target, request), request)
         plan = manifest.setdefault("precision_plan", [])
         if "precision_summary" not in manifest:

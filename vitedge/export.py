@@ -110,7 +110,7 @@ def parity(loaded: LoadedModel, onnx_path: Path, data: str | None, images: int,
 
 def export_model(loaded: LoadedModel, out_dir: str | Path, *, opset: int = 18,
                  batch: str | int = "dynamic", data: str | None = None, atol: float = 1e-3,
-                 parity_images: int = 256) -> Manifest:
+                 parity_images: int = 256, force: bool = False) -> Manifest:
     """Export LOADED to OUT_DIR/model.onnx + vitedge.json, atomically; fail on parity misses."""
     if opset < MIN_OPSET:
         raise BadInput(f"opset {opset} is too old: ViTs need >= {MIN_OPSET} for a fused "
@@ -122,7 +122,7 @@ def export_model(loaded: LoadedModel, out_dir: str | Path, *, opset: int = 18,
     if fixed_batch is None and loaded.static_batch:
         ui.warn(f"{loaded.spec} was exported with a fixed batch of {loaded.static_batch}; "
                 "the ONNX keeps it (re-export the program with a dynamic batch dim to change that)")
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="export", force=force) as tmp:
         onnx_path = tmp / "model.onnx"
         start = time.perf_counter()
         with ui.Step(f"exporting {loaded.spec} to ONNX (opset {opset})"):

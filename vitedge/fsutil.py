@@ -1,18 +1,42 @@
-"""Hashing and atomic writes: nothing half-written is ever left at the destination."""
+"""Hashing, atomic writes, the output-dir policy and output locks.
+
+Every file and directory vitedge writes goes through here, so that (1) nothing half-written
+is ever left at the destination: files and artifact dirs are written under a hidden temp
+name and renamed into place; (2) vitedge never deletes what it did not write: an existing
+output dir is only replaced when it is a previous vitedge output of the same kind; (3) two
+vitedge processes never write the same output at once (`output_lock`); (4) the temp dirs of
+a killed run are found and removed (or restored) by the next run on the same output.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import resource
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vitedge.errors import BadInput
+from vitedge.errors import BadInput, EnvironmentProblem
+
+TMP_MARK = ".vitedge-tmp-"  # .<name>.vitedge-tmp-<pid>-<random>: being written by <pid>
+OLD_MARK = ".vitedge-old-"  # .<name>.vitedge-old-<pid>-<random>: the previous output, mid-swap
+LOCK_MARK = ".vitedge-lock"  # .<name>.vitedge-lock: held (flock) while a process writes <name>
+MANIFEST_FILE = "vitedge.json"
+RUN_STATE_FILES = ("vitedge-run.json", "recipe.resolved.yaml")
+REPORT_FILES = ("report.json", "report.xml", "report.md", "report.html")
+REPORT_SCHEMA = "vitedge.bench/report"
+LOCK_WAIT_S = 2.0  # how long a second process waits for an output lock before giving up
+_DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_LOW_DISK_BYTES = 8 << 20
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -31,56 +55,339 @@ def sha256_json(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=str).encode())
 
 
+# -- atomic files -----------------------------------------------------------------------------
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{os.urandom(3).hex()}")
+
+
+def _write_error(path: Path, exc: OSError) -> Exception:
+    """The one-line error for a failed write of PATH."""
+    if exc.errno in _DISK_ERRNOS:
+        return EnvironmentProblem(f"cannot write {path}: {disk_problem(path.parent) or exc.strerror}; "
+                                  "free some space or write elsewhere (nothing was written)")
+    return BadInput(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def write_files_atomic(files: Mapping[str | Path, str | bytes]) -> None:
+    """Write every file of FILES, all or none: each goes to a temp file first, and only when
+    all are written are they renamed into place (renames need no space and do not fail)."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            clean_stale(path)
+            tmp = _tmp_name(path)
+            staged.append((tmp, path))
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data.encode() if isinstance(data, str) else data)
+            except OSError as exc:
+                raise _write_error(path, exc) from exc
+        with _signals_held():
+            for tmp, path in staged:
+                os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write PATH atomically: readers see the old file or the new one, never a partial one."""
+    write_files_atomic({path: data})
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
-def check_writable_parent(out_dir: Path) -> None:
-    """Fail early, with one line, when OUT_DIR cannot be created or written."""
-    parent = out_dir.resolve().parent
-    probe = parent
+# -- stale temp files and dirs of killed runs -------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(target: str | Path) -> list[str]:
+    """Remove the temp files/dirs a killed vitedge left next to TARGET (their writer's pid is
+    gone); put back a previous output a killed swap had moved aside. Returns what was done."""
+    target = Path(target)
+    parent = target.parent if str(target.parent) else Path(".")
+    done: list[str] = []
+    if not parent.is_dir():
+        return done
+    for entry in sorted(parent.glob(f".{target.name}.vitedge-*")):
+        mark = TMP_MARK if entry.name.startswith(f".{target.name}{TMP_MARK}") else \
+            OLD_MARK if entry.name.startswith(f".{target.name}{OLD_MARK}") else None
+        if mark is None:
+            continue
+        pid_text = entry.name[len(f".{target.name}{mark}"):].split("-")[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        if mark == OLD_MARK and not target.exists():
+            os.replace(entry, target)
+            done.append(f"restored {target} (an interrupted run had moved it to {entry.name})")
+        else:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            done.append(f"removed {entry}, left by an interrupted run (pid {pid_text})")
+    if done:
+        from vitedge import ui
+
+        for line in done:
+            ui.info(line)
+    return done
+
+
+# -- the output-dir policy --------------------------------------------------------------------
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _manifest_kind(directory: Path) -> tuple[str | None, set[str]]:
+    """(kind, the files its manifest lists) of a vitedge artifact dir; (None, {}) otherwise."""
+    try:
+        data = json.loads((directory / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None, set()
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        return None, set()
+    return data.get("kind"), set(data["files"])
+
+
+def _is_report_dir(directory: Path) -> bool:
+    try:
+        data = json.loads((directory / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("schema") == REPORT_SCHEMA
+
+
+def _foreign_files(directory: Path, own: set[str]) -> list[str]:
+    """Files under DIRECTORY that vitedge did not write (not in OWN, not vitedge's hidden files)."""
+    foreign = []
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if rel in own or rel == MANIFEST_FILE or ".vitedge-" in path.name:
+            continue
+        foreign.append(rel)
+    return foreign
+
+
+def check_output_dir(out_dir: str | Path, kind: str, *, force: bool = False,
+                     inputs: Sequence[str | Path] = ()) -> None:
+    """Refuse, in one line and before any work, an output dir vitedge may not write.
+
+    KIND is what will be written: "export" or "compiled" (the dir is replaced as a whole),
+    "run" (a recipe's working dir) or "report" (bench reports; only report.* are replaced).
+    Allowed: a new or empty dir, or a previous vitedge output of the same KIND holding nothing
+    but its own files; anything else only with FORCE. Never allowed, even with FORCE: a dir
+    that holds one of INPUTS, or the current directory (or one above it) for a replaced dir.
+    """
+    out_dir = Path(out_dir)
+    check_writable_parent(out_dir, in_place=kind in ("run", "report"))
+    resolved = out_dir.resolve()
+    flag = "--report" if kind == "report" else "-o"
+    for item in inputs:
+        source = Path(item).resolve()
+        if _is_inside(source, resolved):
+            raise BadInput(f"{flag} {out_dir} holds the input {item}: writing there would replace it; "
+                           "choose another output directory")
+        if kind in ("export", "compiled") and _is_inside(resolved, source):
+            raise BadInput(f"{flag} {out_dir} is inside the input {item}; choose a directory outside it")
+    if kind in ("export", "compiled") and _is_inside(Path.cwd().resolve(), resolved):
+        raise BadInput(f"{flag} {out_dir} is the current directory (or holds it): vitedge replaces its output "
+                       f"directory as a whole; give a new subdirectory, e.g. {flag} {Path(out_dir) / kind}")
+    if not out_dir.is_dir() or not any(p for p in out_dir.iterdir() if ".vitedge-" not in p.name):
+        return
+    if kind in ("export", "compiled"):
+        found, own = _manifest_kind(out_dir)
+        if found == kind:
+            foreign = _foreign_files(out_dir, own)
+            if not foreign or force:
+                return
+            problem = (f"{flag} {out_dir} is a previous vitedge {kind} artifact but also holds files vitedge did "
+                       f"not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}), which "
+                       "replacing it would delete")
+        else:
+            what = f"a vitedge {found} artifact" if found else "not empty and not a vitedge artifact"
+            problem = f"{flag} {out_dir} is {what}; writing the {kind} there would replace its contents"
+    elif kind == "run":
+        if any((out_dir / name).is_file() for name in RUN_STATE_FILES) or force:
+            return
+        problem = f"{flag} {out_dir} is not empty and not a previous `vitedge run` output"
+    elif kind == "report":
+        if _is_report_dir(out_dir) or force:
+            return
+        problem = f"{flag} {out_dir} is not empty and holds no previous vitedge report"
+    else:
+        raise ValueError(f"unknown output kind {kind!r}")
+    if force:
+        return
+    raise BadInput(f"{problem}: choose a new or empty directory, or pass --force to write there anyway")
+
+
+def check_writable_parent(out_dir: Path, in_place: bool = False) -> None:
+    """Fail early, with one line, when OUT_DIR cannot be created or written. IN_PLACE: files are
+    written inside an existing OUT_DIR (a run dir, a report dir), so its parent may be read-only."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"output path {out_dir} exists and is not a directory")
+    if in_place and out_dir.is_dir():
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            raise BadInput(f"cannot write output dir {out_dir}: it is not writable")
+        return
+    probe = out_dir.resolve().parent  # where the dir (or its temp twin) is created
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
         raise BadInput(f"cannot create output dir {out_dir}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise BadInput(f"cannot write output dir {out_dir}: {probe} is not writable")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BadInput(f"output path {out_dir} exists and is not a directory")
+    for folder in (probe, out_dir) if out_dir.is_dir() else (probe,):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BadInput(f"cannot write output dir {out_dir}: {folder} is not writable")
+
+
+def check_free_space(path: str | Path, need_bytes: int, what: str) -> None:
+    """EnvironmentProblem before the work when PATH's filesystem has less than NEED_BYTES free."""
+    probe = Path(path).resolve()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes:
+        raise EnvironmentProblem(f"not enough disk space for {what}: about {need_bytes / 1e6:.0f} MB needed, "
+                                 f"{free / 1e6:.0f} MB free on {probe}; free some space or write elsewhere")
+
+
+def disk_problem(path: str | Path) -> str | None:
+    """Why writes under PATH fail for lack of room (a full disk, `ulimit -f`), or None."""
+    path = Path(path)
+    try:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+    except OSError:
+        return None
+    if free < _LOW_DISK_BYTES:
+        return f"the disk is full ({free / 1e6:.1f} MB free)"
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        files = [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file())
+        if any(p.stat().st_size >= limit for p in files):
+            return f"a file reached the file-size limit (ulimit -f) of {limit / 1e6:.1f} MB"
+    return None
 
 
 @contextlib.contextmanager
-def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a temp dir next to OUT_DIR; on success it replaces OUT_DIR, on error it vanishes."""
+def _signals_held() -> Iterator[None]:
+    """Defer SIGINT/SIGTERM for a few renames, so an interrupt cannot split a swap in two."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | Path, *, kind: str = "export", force: bool = False,
+               inputs: Sequence[str | Path] = ()) -> Iterator[Path]:
+    """Yield a temp dir next to OUT_DIR; on success it replaces OUT_DIR, on error it vanishes.
+
+    OUT_DIR is checked against the output-dir policy first (see `check_output_dir`), and the
+    leftovers of killed runs next to it are cleaned up.
+    """
     out_dir = Path(out_dir)
-    check_writable_parent(out_dir)
+    check_output_dir(out_dir, kind, force=force, inputs=inputs)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        clean_stale(out_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{TMP_MARK}{os.getpid()}-", dir=out_dir.parent))
     except OSError as exc:
-        raise BadInput(f"cannot write output dir {out_dir}: {exc.strerror or exc}") from exc
+        raise _write_error(out_dir, exc) from exc
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; an artifact dir is an ordinary dir
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
+        problem = None if isinstance(exc, (KeyboardInterrupt, SystemExit, BadInput)) else disk_problem(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if problem:
+            raise EnvironmentProblem(f"ran out of room writing {out_dir}: {problem}; free some space or "
+                                     "choose another output directory (nothing was written)") from exc
         raise
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    old = out_dir.with_name(f".{out_dir.name}{OLD_MARK}{os.getpid()}-{os.urandom(3).hex()}")
+    with _signals_held():
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# -- output locks -----------------------------------------------------------------------------
+
+def _lock_path(target: Path) -> Path:
+    """Next to TARGET; inside it when only TARGET is writable (e.g. `run -o .` under a read-only parent)."""
+    if target.is_dir() and not os.access(target.parent, os.W_OK) and os.access(target, os.W_OK):
+        return target / LOCK_MARK
+    return target.parent / f".{target.name}{LOCK_MARK}"
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path, *, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold an exclusive lock on output TARGET (a dir vitedge writes) while the block runs.
+
+    The lock is an flock on a hidden file next to TARGET, so a killed process releases it.
+    A second process waits up to WAIT_S, then gets BadInput (exit 2) naming the holder.
+    Locks are per path and not re-entrant; hold each output's lock in one place.
+    """
+    target = Path(target).resolve()
+    path = _lock_path(target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(target, exc) from exc
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _write_error(target, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise BadInput(f"{target} is being written by another vitedge process (pid {holder}); "
+                               "wait for it to finish or choose another output directory") from None
+            time.sleep(0.1)
+            continue
+        try:  # the file may have been removed by the previous holder between open and flock
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)

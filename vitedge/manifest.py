@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from vitedge.errors import BadInput, IncompatibleArtifact
@@ -14,6 +15,10 @@ from vitedge.preprocessing import Preprocessing
 
 MANIFEST_NAME = "vitedge.json"
 SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+MAX_MANIFEST_BYTES = 16 << 20
+# Keys of manifest["artifact"] that name a file of the artifact (the backends' main files).
+ARTIFACT_FILE_KEYS = ("model", "weights_file", "onnx")
 
 
 @dataclass(frozen=True)
@@ -55,18 +60,23 @@ class Manifest(dict):
                 f"{artifact_dir} has no {MANIFEST_NAME}: give a directory written by "
                 "`vitedge export` or `vitedge compile`"
             )
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise IncompatibleArtifact(f"{path} is {path.stat().st_size / 1e6:.0f} MB, not a vitedge manifest")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadInput(f"{path} is not valid JSON ({exc}); re-run the step that wrote it") from exc
         if not isinstance(data, dict) or "schema_version" not in data:
             raise BadInput(f"{path} is not a vitedge manifest")
-        if data["schema_version"] > SCHEMA_VERSION:
+        if isinstance(data["schema_version"], int) and data["schema_version"] > SCHEMA_VERSION:
             raise IncompatibleArtifact(
                 f"{path} has manifest schema {data['schema_version']}, this vitedge reads "
                 f"up to {SCHEMA_VERSION}: upgrade vitedge"
             )
-        return cls(data)
+        validate_manifest(data, path)
+        manifest = cls(data)
+        manifest.check_confined(artifact_dir)
+        return manifest
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -130,6 +140,33 @@ class Manifest(dict):
         self["files"] = hash_dir(artifact_dir)
         write_json_atomic(artifact_dir / MANIFEST_NAME, dict(self))
 
+    def used_files(self) -> list[str]:
+        """The files this artifact's manifest names as its own (model, weights, ONNX)."""
+        used = [self["artifact"][k] for k in ARTIFACT_FILE_KEYS if isinstance(self.get("artifact", {}).get(k), str)]
+        if self.get("kind") == "export" and isinstance(self.get("onnx", {}).get("file"), str):
+            used.append(self["onnx"]["file"])
+        return used
+
+    def check_confined(self, artifact_dir: str | Path) -> None:
+        """Refuse a manifest whose paths leave ARTIFACT_DIR (`..`, absolute paths, symlinks out)
+        or that names a file its `files` hashes do not cover (which would go unchecked)."""
+        root = Path(artifact_dir).resolve()
+        files = self.get("files", {})
+        where = f"{artifact_dir}/{MANIFEST_NAME}"
+        for name in [*files, *self.used_files()]:
+            if not _is_relative_normal(name):
+                raise IncompatibleArtifact(f"{where} names {name!r}, a path that is not relative and inside the "
+                                           "artifact dir; refusing it (re-run the step that wrote this artifact)")
+            resolved = (root / name).resolve()
+            if root not in resolved.parents:
+                raise IncompatibleArtifact(f"{where}: {name} is a symlink leading out of the artifact dir "
+                                           f"(to {resolved}); refusing it")
+        incomplete_engine = self["artifact"].get("model") if "incomplete" in self and "artifact" in self else None
+        uncovered = [n for n in self.used_files() if n not in files and n != incomplete_engine]
+        if uncovered:
+            raise IncompatibleArtifact(f"{where}: {', '.join(uncovered)} is used but has no SHA-256 in `files`, "
+                                       "so it could not be verified; re-run the step that wrote this artifact")
+
     def verify_files(self, artifact_dir: str | Path) -> None:
         """Refuse an artifact whose files changed since it was written."""
         artifact_dir = Path(artifact_dir)
@@ -146,6 +183,29 @@ class Manifest(dict):
                     f"{artifact_dir}: {name} does not match its SHA-256 in {MANIFEST_NAME} "
                     "(modified or corrupt); re-run the step that wrote this artifact"
                 )
+
+
+def _is_relative_normal(name: str) -> bool:
+    path = PurePosixPath(name)
+    return (bool(name) and "\\" not in name and not path.is_absolute() and not name.startswith("~")
+            and path.as_posix() == name and all(part not in (".", "..") for part in path.parts))
+
+
+@functools.lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema vitedge.json follows (shipped as vitedge/manifest.schema.json)."""
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate_manifest(data: dict[str, Any], path: Path) -> None:
+    """IncompatibleArtifact, naming the key, when DATA does not follow the manifest schema."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(load_schema()).iter_errors(data))
+    if error is not None:
+        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise IncompatibleArtifact(f"{path} does not follow the vitedge manifest schema: {key}: "
+                                   f"{error.message[:200]}; re-run the step that wrote this artifact")
 
 
 def hash_dir(artifact_dir: Path) -> dict[str, str]:

@@ -15,6 +15,7 @@ import datetime as _dt
 import difflib
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,13 +26,25 @@ import yaml
 
 from vitedge import __version__, ui
 from vitedge.errors import BadInput, VitedgeError
-from vitedge.fsutil import sha256_file, sha256_json, write_json_atomic, write_text_atomic
+from vitedge.fsutil import (
+    TMP_MARK,
+    check_output_dir,
+    clean_stale,
+    output_lock,
+    sha256_file,
+    sha256_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 from vitedge.manifest import Manifest
 from vitedge.preprocessing import INTERPOLATIONS
 
 STATE_FILE = "vitedge-run.json"
 RESOLVED_FILE = "recipe.resolved.yaml"
 RECIPE_VERSION = 1
+MAX_RECIPE_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
 
 _PATH = {"type": "string", "minLength": 1}
 _POSITIVE = {"type": "integer", "minimum": 1}
@@ -193,10 +206,49 @@ def _parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     if not sep or not key.strip():
         raise BadInput(f"--set takes key=value (dotted keys, e.g. bench.iters=50), got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = safe_yaml(raw, f"--set {text}") if raw.strip() else ""
+    except BadInput as exc:
+        if isinstance(exc.__cause__, yaml.YAMLError):
+            value = raw
+        else:
+            raise
     return tuple(key.strip().split(".")), value
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load with limits, so a hostile recipe gets one line instead of eating memory:
+    at most MAX_RECIPE_BYTES of text, MAX_YAML_VALUES values once aliases are expanded
+    ("billion laughs"), MAX_YAML_DEPTH levels of nesting, and no alias that contains itself."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise BadInput(f"{where} is {len(text) / 1e6:.1f} MB; a recipe is at most {MAX_RECIPE_BYTES >> 20} MB")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise BadInput(f"{where} is not valid YAML: {exc}") from exc
+    budget = [MAX_YAML_VALUES]
+
+    def visit(node: yaml.Node, ancestors: tuple[int, ...]) -> None:
+        line = node.start_mark.line + 1
+        if id(node) in ancestors:
+            raise BadInput(f"{where}: line {line}: a YAML alias refers to the value that contains it; "
+                           "recipes cannot be recursive")
+        if len(ancestors) >= MAX_YAML_DEPTH:
+            raise BadInput(f"{where}: line {line}: nested more than {MAX_YAML_DEPTH} levels deep")
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise BadInput(f"{where} expands to more than {MAX_YAML_VALUES} values (aliases of aliases?); "
+                           "refusing it: a recipe is a few dozen keys")
+        children = node.value if isinstance(node, yaml.SequenceNode) else \
+            [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else []
+        for child in children:
+            visit(child, (*ancestors, id(node)))
+
+    if root is not None:
+        visit(root, ())
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BadInput(f"{where} is not valid YAML: {exc}") from exc
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
@@ -204,10 +256,14 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"recipe {path} does not exist")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise BadInput(f"recipe {path} is {path.stat().st_size / 1e6:.1f} MB; a recipe is at most "
+                       f"{MAX_RECIPE_BYTES >> 20} MB")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise BadInput(f"recipe {path} is not valid YAML: {exc}") from exc
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"recipe {path} is not UTF-8 text") from exc
+    data = safe_yaml(text, f"recipe {path}")
     if not isinstance(data, dict):
         raise BadInput(f"recipe {path} must be a mapping of keys (model, targets, bench, ...)")
     _resolve_paths(data, path.parent.resolve())
@@ -384,23 +440,60 @@ def _random_weights(spec: str, seed: int, num_classes: int | None, img_size: int
     loaded = load_model(spec, num_classes=num_classes, img_size=img_size)
     state = {k: v.detach().contiguous() for k, v in loaded.module.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(state, str(tmp))
-    tmp.replace(out)
+    clean_stale(out)
+    tmp = out.with_name(f".{out.name}{TMP_MARK}{os.getpid()}")
+    try:
+        save_file(state, str(tmp))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _target_name(target: dict[str, Any]) -> str:
+    return target.get("name") or f"{target['target']}-{target['precision']}"
+
+
+def _check_outputs(recipe: dict[str, Any], out: Path, force: bool) -> None:
+    """Every dir the run writes, checked against the output-dir policy before any step runs:
+    OUT itself (a run dir), its export, each artifact and the report (never over an input)."""
+    inputs = [_get(recipe, key) for pattern in PATH_KEYS if pattern != ("output",)
+              for key in _walk(recipe) if _matches(key, pattern)]
+    spec = recipe["model"]["spec"]
+    if Path(spec[3:] if spec.startswith("hf:") else spec).exists():
+        inputs.append(spec[3:] if spec.startswith("hf:") else spec)
+    check_output_dir(out, "run", force=force)
+    check_output_dir(out / "export", "export", force=force, inputs=inputs)
+    for target in recipe["targets"]:
+        check_output_dir(out / "artifacts" / _target_name(target), "compiled", force=force, inputs=inputs)
+    check_output_dir(out / "report", "report", force=force, inputs=inputs)
 
 
 def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
-               overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run RECIPE: the steps whose inputs changed, then bench with gates; return the report."""
+               overrides: list[str] | tuple[str, ...] = (), force: bool = False) -> dict[str, Any]:
+    """Run RECIPE: the steps whose inputs changed, then bench with gates; return the report.
+
+    The output dirs are checked first (`force` writes over what is not a previous run's) and
+    OUT is locked against a second `vitedge run` for the whole run.
+    """
+    recipe = load_recipe(recipe_path, overrides)
+    out = Path(out_dir) if out_dir is not None else Path(recipe.get("output") or Path("runs") / recipe["name"])
+    _check_outputs(recipe, out, force)
+    with output_lock(out):
+        return _run_steps(recipe, out, force)
+
+
+def _run_steps(recipe: dict[str, Any], out: Path, force: bool) -> dict[str, Any]:
+    """The pipeline of run_recipe, with its outputs checked and locked."""
     from vitedge import api
     from vitedge.backends import get_backend
     from vitedge.compile import compile_artifact
     from vitedge.report_cli import print_compile_summary
     from vitedge.validate.bench import run_bench
 
-    recipe = load_recipe(recipe_path, overrides)
-    out = Path(out_dir) if out_dir is not None else Path(recipe.get("output") or Path("runs") / recipe["name"])
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"cannot create -o {out}: {exc.strerror or exc}") from exc
     write_text_atomic(out / RESOLVED_FILE, yaml.safe_dump(recipe, sort_keys=False))
     state = StepState.load(out)
     model, export_opts = recipe["model"], recipe.get("export", {})
@@ -436,14 +529,14 @@ def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
         model["spec"], export_dir, weights=weights, num_classes=model.get("num_classes"),
         img_size=model.get("img_size"), opset=export_inputs["opset"], batch=export_inputs["batch"],
         data=parity_data, labels=model.get("labels"), atol=export_inputs["atol"], mean=overrides.get("mean"),
-        std=overrides.get("std"), crop_pct=overrides.get("crop_pct"), interpolation=overrides.get("interpolation")),
-        counter)
+        std=overrides.get("std"), crop_pct=overrides.get("crop_pct"), interpolation=overrides.get("interpolation"),
+        force=force), counter)
 
     export_files = Manifest.load(export_dir).get("files", {})
     calib_hash = tree_hash(calibration["data"]) if calibration.get("data") else None
     artifact_dirs = []
     for target in targets:
-        name = target.get("name") or f"{target['target']}-{target['precision']}"
+        name = _target_name(target)
         artifact_dir = out / "artifacts" / name
         artifact_dirs.append(artifact_dir)
         calibrated = target["precision"] in get_backend(target["target"]).calibrated_precisions \
@@ -459,7 +552,7 @@ def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
                   "vitedge": __version__}
 
         def build(artifact_dir: Path = artifact_dir, kwargs: dict[str, Any] = compile_kwargs) -> None:
-            manifest = compile_artifact(export_dir, artifact_dir, **kwargs)
+            manifest = compile_artifact(export_dir, artifact_dir, force=force, **kwargs)
             print_compile_summary(manifest, artifact_dir)
 
         _step(state, f"compile {name}", sha256_json(inputs), _artifact_ok(artifact_dir), build, counter)
@@ -467,11 +560,15 @@ def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
     counter["n"] += 1
     ui.info(f"[{counter['n']}/{counter['total']}] bench ({counter['skipped']} step(s) skipped as unchanged)")
     reference = bench.get("reference", "export")
+    # The recipe's own export rebuilds the recipe's own model spec: code the user named.
+    own_source = reference == "export" and \
+        Manifest.load(export_dir)["source"].get("request", {}).get("spec") == model["spec"]
     return run_bench(
         artifact_dirs, reference=export_dir if reference == "export" else reference, data=bench["data"],
         batches=bench.get("batches", [1, 8]), gates=recipe.get("gates", []), report_dir=out / "report",
         device=bench.get("device", "cpu"), max_images=bench.get("max_images"), warmup=bench.get("warmup", 5),
-        iters=bench.get("iters", 30), threads=bench.get("threads"), worst=bench.get("worst", 10), record=True)
+        iters=bench.get("iters", 30), threads=bench.get("threads"), worst=bench.get("worst", 10), record=True,
+        trust_source=own_source, force=force)
 
 
 def _tool_versions(*names: str) -> dict[str, str | None]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from vitedge.backends.base import Availability, Backend, CudaEventTimer, Runner, register_backend
 from vitedge.envinfo import package_version
-from vitedge.errors import IncompatibleArtifact
+from vitedge.errors import BadInput, IncompatibleArtifact
 from vitedge.manifest import Manifest
 
 
@@ -54,18 +54,55 @@ class TorchRunner(Runner):
         return out.float().cpu().numpy()
 
 
-def load_reference(manifest: Manifest) -> Any:
+def check_source_trusted(manifest: Manifest, artifact_dir: str | Path, trusted: bool) -> None:
+    """Refuse to rebuild a recorded source that runs code (.pt2, TorchScript, module:factory)
+    unless the user said so: vitedge only runs code named on the user's own command line or
+    recipe, and a manifest is data anyone can write (SECURITY.md)."""
+    from vitedge.models.base import source_executes_code
+
+    spec = (manifest["source"].get("request") or {}).get("spec") or manifest["source"]["spec"]
+    if not trusted and source_executes_code(spec):
+        raise BadInput(f"--reference {artifact_dir}: its manifest names the source {spec}, which runs code when "
+                       "loaded; vitedge only runs code you name yourself: give that MODEL spec as --reference "
+                       "if you trust it, or pass --trust-source (SECURITY.md)")
+
+
+def load_reference(manifest: Manifest, artifact_dir: str | Path = "", trusted: bool = False) -> Any:
     """Rebuild the source model recorded in an export manifest (same spec, weights, flags)."""
     from vitedge.models import load_model
 
+    check_source_trusted(manifest, artifact_dir, trusted)
     req = manifest["source"].get("request") or {"spec": manifest["source"]["spec"]}
-    loaded = load_model(req["spec"], weights=req.get("weights"), num_classes=req.get("num_classes"),
-                        img_size=req.get("img_size"), labels=manifest.get("labels"))
+    loaded = load_model(req["spec"], weights=_weights_file(req.get("weights"), manifest, artifact_dir),
+                        num_classes=req.get("num_classes"), img_size=req.get("img_size"),
+                        labels=manifest.get("labels"))
     recorded = manifest["source"].get("weights_sha256")
     if recorded and loaded.weights_sha256 and recorded != loaded.weights_sha256:
         raise IncompatibleArtifact(f"the weights of {req['spec']} changed since this artifact was exported "
                                    "(SHA-256 differs): re-export it, or the reference is another model")
     return loaded
+
+
+def _weights_file(recorded: str | None, manifest: Manifest, artifact_dir: str | Path) -> str | None:
+    """The recorded weights file or, when it was moved, a file of the same name and SHA-256
+    next to the artifact or in the working dir; IncompatibleArtifact when there is none."""
+    if recorded is None or Path(recorded).is_file():
+        return recorded
+    from vitedge import ui
+    from vitedge.fsutil import sha256_file
+
+    digest = manifest["source"].get("weights_sha256")
+    name = Path(recorded).name
+    root = Path(artifact_dir or ".").resolve()
+    for folder in dict.fromkeys((root, root.parent, Path.cwd())):
+        candidate = folder / name
+        if digest and candidate.is_file() and sha256_file(candidate) == digest:
+            ui.warn(f"the reference weights moved from {recorded}; using {candidate} (same SHA-256)")
+            return str(candidate)
+    raise IncompatibleArtifact(f"the reference weights {recorded} recorded in {artifact_dir or 'the manifest'} are "
+                               "gone (moved or deleted) and no file of the same name and SHA-256 is next to the "
+                               "artifact or in the working dir; put the file back, or give the reference as a "
+                               "MODEL spec")
 
 
 @register_backend
@@ -82,5 +119,5 @@ class PyTorchBackend(Backend):
         return Availability(True, version)
 
     def open_runner(self, artifact_dir: Path, manifest: Manifest, **options: Any) -> Runner:
-        loaded = load_reference(manifest)
+        loaded = load_reference(manifest, artifact_dir, bool(options.get("trust_source")))
         return TorchRunner(loaded.module, options.get("device", "cpu"), options.get("threads"))

@@ -116,6 +116,19 @@ def resolve_source(spec: str) -> tuple[str, str]:
     )
 
 
+# Sources whose loading runs code from the file or module named (see SECURITY.md): a .pt2
+# program's graph, a TorchScript program, an imported module's factory.
+CODE_SOURCES = frozenset({"pt2", "torchscript", "factory"})
+
+
+def source_executes_code(spec: str) -> bool:
+    """Whether loading MODEL spec runs code that comes with it (not only reads tensors)."""
+    try:
+        return resolve_source(spec)[0] in CODE_SOURCES
+    except BadInput:
+        return False
+
+
 def load_model(
     spec: str,
     weights: str | Path | None = None,
@@ -128,6 +141,7 @@ def load_model(
         weights = Path(weights)
         if not weights.is_file():
             raise BadInput(f"weights file {weights} does not exist")
+        weights = weights.resolve()  # recorded absolute: a bench from another dir finds it
     if num_classes is not None and num_classes < 1:
         raise BadInput(f"--num-classes must be positive, got {num_classes}")
     if img_size is not None and not 8 <= img_size <= 4096:
@@ -142,6 +156,8 @@ def load_model(
             f"pip install {'vitedge[hf]' if source == 'hf' else exc.name}"
         ) from exc
     set_eval(loaded.module)
+    if source in ("pt2", "torchscript", "hf"):  # a file or folder: recorded absolute, like weights
+        spec = f"hf:{Path(rest).resolve()}" if source == "hf" else str(Path(rest).resolve())
     loaded.details["request"] = {  # replayed by the PyTorch reference runner
         "spec": spec, "weights": str(weights) if weights else None,
         "num_classes": num_classes, "img_size": img_size,

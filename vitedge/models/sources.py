@@ -6,6 +6,7 @@ import difflib
 import importlib
 import inspect
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -180,14 +181,20 @@ def load_hf(directory: str, req: ModelRequest) -> LoadedModel:
         raise BadInput(f"hf:{directory} is not a Hugging Face model folder (no config.json)")
     from transformers import AutoConfig, AutoModelForImageClassification
 
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    # trust_remote_code=False: a folder's own Python files are never imported (SECURITY.md)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except ValueError as exc:  # unknown model_type, or custom code vitedge will not run
+        raise BadInput(f"hf:{directory}: transformers cannot read its config without running the folder's "
+                       f"own code or at all: {str(exc).strip().splitlines()[0]}") from exc
     archs = config.architectures or []
     if archs and not any("ImageClassification" in a for a in archs):
         # from_pretrained would silently bolt a random head onto a backbone
         raise BadInput(f"hf:{directory} holds {', '.join(archs)}, not an image classifier "
                        "(vitedge needs a *ForImageClassification model)")
     try:
-        model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True)
+        model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True,
+                                                                trust_remote_code=False)
     except (ValueError, KeyError) as exc:
         raise BadInput(
             f"hf:{directory} ({config.model_type}) is not an image-classification model: "
@@ -236,15 +243,19 @@ def _hf_preprocessing(path: Path, config: Any, img_size: int | None) -> Preproce
 
 @register_source("pt2")
 def load_pt2(file: str, req: ModelRequest) -> LoadedModel:
-    import torch
-
     path = Path(file)
     if not path.is_file():
         raise BadInput(f"{file} does not exist")
     try:
-        program = torch.export.load(str(path))
+        program = _load_pt2_weights_only(path)
+    except BadInput:
+        raise
     except Exception as exc:  # noqa: BLE001
-        raise BadInput(f"{file} is not a torch.export program (.pt2): {str(exc).splitlines()[0]}") from exc
+        if "Weights only load failed" in str(exc):
+            raise BadInput(f"{file} holds pickled data that is not plain tensors, which would run code when "
+                           "loaded; vitedge refuses it (torch's weights-only loader rejected it)") from exc
+        raise BadInput(f"{file} is not a torch.export program (.pt2) vitedge can load safely: "
+                       f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
     shape = _pt2_input_shape(program)
     if shape is None or len(shape) != 4:
         raise BadInput(f"{file}: expected one image input [N, 3, H, W], found {shape}")
@@ -257,8 +268,39 @@ def load_pt2(file: str, req: ModelRequest) -> LoadedModel:
         module=program.module(), spec=str(path), source="pt2",
         preprocessing=_default_preprocessing(size), num_classes=req.num_classes or 0,
         weights_path=str(path), weights_sha256=sha256_file(path), static_batch=static,
-        details={"export_target": program, "dynamic_batch": static is None},
+        details={"export_target": program, "dynamic_batch": static is None, "executes_code": True,
+                 "loader": "torch.export.load, pickled tensors refused (TORCH_FORCE_WEIGHTS_ONLY_LOAD=1)"},
     )
+
+
+def _load_pt2_weights_only(path: Path) -> Any:
+    """torch.export.load with every pickle it would read forced through torch's weights-only
+    unpickler (TORCH_FORCE_WEIGHTS_ONLY_LOAD), and archives holding pickled Python objects
+    (custom/opaque constants, loaded by plain pickle) refused: the safest load torch offers."""
+    import zipfile
+
+    import torch
+    from torch.export.pt2_archive.constants import CUSTOM_OBJ_FILENAME_PREFIX, OPAQUE_OBJ_FILENAME_PREFIX
+
+    with zipfile.ZipFile(path) as archive:
+        pickled = [n for n in archive.namelist()
+                   if Path(n).name.startswith((CUSTOM_OBJ_FILENAME_PREFIX, OPAQUE_OBJ_FILENAME_PREFIX))]
+    if pickled:
+        raise BadInput(f"{path} holds pickled Python objects ({pickled[0]}), which run code when loaded; "
+                       "vitedge does not load them: re-export the program without custom-object constants")
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.ERROR)  # its fallback logs a traceback; our error says it in one line
+    try:
+        return torch.export.load(str(path))
+    finally:
+        export_log.setLevel(level)
+        if previous is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
 def _pt2_input_shape(program: Any) -> list | None:
@@ -286,6 +328,7 @@ def load_torchscript(file: str, req: ModelRequest) -> LoadedModel:
         module=module, spec=str(path), source="torchscript",
         preprocessing=_default_preprocessing(req.img_size), num_classes=req.num_classes or 0,
         weights_path=str(path), weights_sha256=sha256_file(path), exporter="torchscript",
+        details={"executes_code": True},
     )
 
 
@@ -317,5 +360,5 @@ def load_factory(spec: str, req: ModelRequest) -> LoadedModel:
     return LoadedModel(
         module=model, spec=spec, source="factory", preprocessing=pre,
         num_classes=num_classes or 0, weights_path=str(req.weights) if req.weights else None,
-        weights_sha256=sha, details={"factory": spec},
+        weights_sha256=sha, details={"factory": spec, "executes_code": True},
     )

@@ -35,6 +35,7 @@ from vitedge.validate.latency import measure_interleaved, process_rss_bytes, spe
 REPORT_SCHEMA = "vitedge.bench/report"
 REPORT_SCHEMA_VERSION = 1
 DRIFT_BATCH = 32
+REPORT_SPACE_BYTES = 16 << 20  # room the four reports need, generously (HTML with plots is the largest)
 DEVICES = ("cpu", "cuda")
 # Runners timed in one process must not spin-wait between calls (it starves the next runner).
 _RUNNER_OPTIONS = {"spinning": False}
@@ -74,17 +75,37 @@ def run_bench(artifacts: Sequence[str | Path], *, reference: str | Path, data: s
               batches: Sequence[int] = (1, 8), gates: Sequence[str] = (),
               report_dir: str | Path | None = None, device: str = "cpu", max_images: int | None = None,
               warmup: int = 5, iters: int = 30, threads: int | None = None, worst: int = 10,
-              record: bool = False) -> dict[str, Any]:
+              record: bool = False, trust_source: bool = False, force: bool = False) -> dict[str, Any]:
     """Bench ARTIFACTS against REFERENCE on DATA; write reports; raise GateFailed if a gate fails.
 
     Returns the report (the content of report.json). `record=True` also writes a short
     summary into each artifact's manifest (`validation`), as recipes do for their artifacts.
+    `trust_source`: an export dir given as REFERENCE may rebuild a source that runs code
+    (see SECURITY.md). REPORT_DIR is checked (and locked) before anything is loaded; `force`
+    writes reports there even when it holds other files.
     """
     batches = _check_settings(artifacts, batches, device, max_images, warmup, iters, threads, worst)
+    if report_dir is None:
+        return _run_bench(artifacts, reference, data, batches, gates, None, device, max_images, warmup, iters,
+                          threads, worst, record, trust_source)
+    from vitedge.fsutil import check_free_space, check_output_dir, output_lock
+
+    check_output_dir(report_dir, "report", force=force, inputs=[data, *artifacts])
+    check_free_space(report_dir, REPORT_SPACE_BYTES, "the bench reports")
+    with output_lock(report_dir):
+        return _run_bench(artifacts, reference, data, batches, gates, report_dir, device, max_images, warmup,
+                          iters, threads, worst, record, trust_source)
+
+
+def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str | Path, batches: list[int],
+               gates: Sequence[str], report_dir: str | Path | None, device: str, max_images: int | None,
+               warmup: int, iters: int, threads: int | None, worst: int, record: bool,
+               trust_source: bool) -> dict[str, Any]:
+    """run_bench with its settings checked and its report dir locked."""
     threads = threads or os.cpu_count() or 1
     parsed_gates = [gatelib.parse_gate(text) for text in gates]
     manifests = {_artifact_name(Path(a), artifacts): (Path(a), Manifest.load(a)) for a in artifacts}
-    ref_dir, ref_loaded = _reference_source(reference)
+    ref_dir, ref_loaded = _reference_source(reference, trust_source)
     pre = ref_loaded.preprocessing if ref_loaded is not None else Manifest.load(ref_dir).preprocessing
     ref_labels = ref_loaded.labels if ref_loaded is not None else Manifest.load(ref_dir).labels
     for name, (path, manifest) in manifests.items():
@@ -100,7 +121,7 @@ def run_bench(artifacts: Sequence[str | Path], *, reference: str | Path, data: s
     subjects: list[Subject] = []
     try:
         probe = _latency_input(tensors.x, max(batches))
-        subjects.append(_open_reference(reference, ref_dir, ref_loaded, device, threads, probe))
+        subjects.append(_open_reference(reference, ref_dir, ref_loaded, device, threads, probe, trust_source))
         for name, (path, manifest) in manifests.items():
             subjects.append(_open_candidate(name, path, manifest, device, threads, probe,
                                             subjects_view.aliases))
@@ -171,7 +192,7 @@ def _aliases(manifests: dict[str, tuple[Path, Manifest]]) -> dict[str, str]:
     return {alias: names[0] for alias, names in counts.items() if len(names) == 1 and alias not in manifests}
 
 
-def _reference_source(reference: str | Path) -> tuple[Path | None, Any]:
+def _reference_source(reference: str | Path, trust_source: bool = False) -> tuple[Path | None, Any]:
     """(export dir, None) for an artifact dir, (None, LoadedModel) for a MODEL spec."""
     path = Path(reference)
     if path.is_dir():
@@ -179,6 +200,9 @@ def _reference_source(reference: str | Path) -> tuple[Path | None, Any]:
         if "source" not in manifest:
             raise BadInput(f"--reference {path}: its manifest records no source model; "
                            "give the export dir or a MODEL spec")
+        from vitedge.backends.pytorch import check_source_trusted
+
+        check_source_trusted(manifest, path, trust_source)
         return path, None
     from vitedge.models import load_model
 
@@ -240,13 +264,14 @@ def _first_inference(subject: Subject, probe: np.ndarray, before: _MemoryBefore,
 
 
 def _open_reference(reference: str | Path, ref_dir: Path | None, loaded: Any, device: str, threads: int,
-                    probe: np.ndarray) -> Subject:
+                    probe: np.ndarray, trust_source: bool = False) -> Subject:
     from vitedge.backends.pytorch import TorchRunner
 
     with ui.Step("loading the PyTorch FP32 reference"):
         if ref_dir is not None:
             predictor, load_s, before = _measure_load("pytorch", device, lambda: load(
-                ref_dir, backend="pytorch", device=device, threads=threads, **_RUNNER_OPTIONS))
+                ref_dir, backend="pytorch", device=device, threads=threads, trust_source=trust_source,
+                **_RUNNER_OPTIONS))
             runner, predict, source = predictor.runner, predictor.predict, str(ref_dir)
             labels = predictor.labels
         else:
