@@ -154,3 +154,93 @@ def test_quiet_prints_no_table(cli, demo_export: Path, digits_val: Path) -> None
                  "--batch", "1", *FAST)
     assert result.code == 0, result.text
     assert result.out == "" and "vitedge bench" not in result.err
+
+
+def _edit_manifest(artifact: Path, **source: object) -> None:
+    """Change the `source` record (or, with precision=..., the precision) of a copied artifact."""
+    path = artifact / "vitedge.json"
+    manifest = json.loads(path.read_text())
+    if "precision" in source:
+        manifest["precision"] = source.pop("precision")
+    manifest["source"].update(source)
+    for key in [k for k, v in source.items() if v is None]:
+        del manifest["source"][key]
+    path.write_text(json.dumps(manifest))
+
+
+def test_reference_with_other_weights_is_refused(cli, demo_export_copy: Path, demo_export: Path,
+                                                 digits_val: Path) -> None:
+    """A reference whose parameters hash differs from the export's record: exit 2, one line, any source kind."""
+    _edit_manifest(demo_export_copy, params_sha256="0" * 64)
+    spec = cli("bench", demo_export_copy, "--reference", "demo:digits", "--data", digits_val, *FAST)
+    assert spec.code == 2, spec.text
+    assert f"--reference demo:digits is not the model {demo_export_copy} was exported from: its parameters " \
+           "SHA-256 is " in spec.err and "the export recorded 000000000000..." in spec.err
+    assert "Traceback" not in spec.text and "vitedge bench" not in spec.out  # before any measuring
+    # The export dir as its own reference: the rebuilt module is checked against the record.
+    own = cli("bench", demo_export_copy, "--reference", demo_export_copy, "--data", digits_val, *FAST)
+    assert own.code == 2 and "the export recorded 000000000000..." in own.err
+    # Manifests written before params_sha256: the weights file hash decides.
+    _edit_manifest(demo_export_copy, params_sha256=None, weights_sha256="f" * 64)
+    old = cli("bench", demo_export_copy, "--reference", "demo:digits", "--data", digits_val, *FAST)
+    assert old.code == 2 and "its weights file SHA-256 is " in old.err
+
+
+def _biased(export: Path, dst: Path) -> Path:
+    """A re-hashed copy of the export whose FP32 classifier favours class 0."""
+    import onnx
+    from onnx import numpy_helper
+
+    from vitedge.manifest import Manifest
+
+    shutil.copytree(export, dst)
+    model = onnx.load(str(dst / "model.onnx"))
+    init = next(i for i in model.graph.initializer if i.name == "head.bias")
+    values = numpy_helper.to_array(init).copy()
+    values[0] += 6.0
+    init.CopyFrom(numpy_helper.from_array(values, init.name))
+    onnx.save(model, str(dst / "model.onnx"))
+    Manifest.load(dst).save(dst)
+    return dst
+
+
+def test_reference_check_stops_when_no_fp32_artifact_agrees(cli, demo_export: Path, digits_val: Path,
+                                                            tmp_path: Path) -> None:
+    biased = _biased(demo_export, tmp_path / "biased")
+    result = cli("bench", biased, "--reference", demo_export, "--data", digits_val, *FAST,
+                 "--report", tmp_path / "r")
+    assert result.code == 2, result.text
+    (line,) = [line for line in result.err.splitlines() if line.strip()]
+    assert line.startswith("error: the reference is not the exported model: biased (FP32) agrees with it on 0.")
+    assert not (tmp_path / "r").exists()  # no verdict, no report
+
+
+def test_reference_check_runs_the_export_when_no_fp32_candidate(demo_export_copy: Path, demo_export: Path,
+                                                                 digits_val: Path) -> None:
+    _edit_manifest(demo_export_copy, precision="int8")  # stands in for a compiled INT8 artifact
+    report = run_bench([demo_export_copy], reference=demo_export, data=digits_val, batches=[1],
+                       max_images=40, warmup=0, iters=2)
+    check = report["reference_check"]
+    assert check["artifact"] == "export" and check["source"] == str(demo_export)  # on ONNX Runtime FP32
+    assert check["passed"] and check["top1_agreement"] == 1.0 and check["cosine_mean"] > 0.99999
+
+
+def test_random_weights_are_labelled_in_every_report_format(cli, demo_export_copy: Path, demo_export: Path,
+                                                            digits_val: Path, tmp_path: Path) -> None:
+    _edit_manifest(demo_export_copy, weights_origin="random-init", random_init_seed=7)
+    result = cli("bench", demo_export_copy, "--reference", demo_export, "--data", digits_val, "--batch", "1",
+                 *FAST, "--report", tmp_path / "r")
+    assert result.code == 0, result.text
+    label = "random weights: accuracy figures are meaningless"
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    (note,) = [n for n in report["notes"] if n["kind"] == "random-weights"]
+    assert note["text"].startswith(label) and "--random-init 7" in note["text"]
+    for fmt in ("md", "html", "xml"):
+        assert label in (tmp_path / "r" / f"report.{fmt}").read_text(), fmt
+    assert label in " ".join(result.out.split())  # the terminal (rich may wrap the line)
+    # Timing honesty recorded alongside: dispersion per runner and the outside load.
+    row = report["artifacts"][0]["latency"][0]
+    assert row["p90_p50"] >= 1.0 and row["cv"] >= 0.0 and len(row["speedup_p50_ci"]) == 2
+    assert set(report["load"]) == {"other_cpu_s", "wall_s", "cores", "share", "limit", "detected"}
+    (verdict,) = report["verdicts"]
+    assert verdict["artifact"] == "export" and verdict["faster_than_fp32"]["answer"] == "n/a"

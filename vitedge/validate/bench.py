@@ -244,9 +244,9 @@ def _reference_source(reference: str | Path) -> tuple[Path | None, Any]:
 
 
 def _check_same_preprocessing(name: str, path: Path, manifest: Manifest, pre: Preprocessing) -> None:
-    theirs = manifest.preprocessing
-    if theirs != pre:
-        diff = [k for k, v in pre.to_dict().items() if k != "extra" and theirs.to_dict().get(k) != v]
+    theirs = manifest.preprocessing.to_dict()  # as dicts: a spec's tuples equal a manifest's lists
+    diff = [k for k, v in pre.to_dict().items() if k != "extra" and theirs.get(k) != v]
+    if diff:
         raise BadInput(f"{path}: its preprocessing differs from the reference's ({', '.join(diff)}); "
                        "drift is only meaningful on the same inputs: bench artifacts of the same export")
 
