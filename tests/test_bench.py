@@ -238,6 +238,8 @@ def test_random_weights_are_labelled_in_every_report_format(cli, demo_export_cop
     for fmt in ("md", "html", "xml"):
         assert label in (tmp_path / "r" / f"report.{fmt}").read_text(), fmt
     assert label in " ".join(result.out.split())  # the terminal (rich may wrap the line)
+    inspect = cli("inspect", demo_export_copy)
+    assert inspect.code == 0 and label in " ".join(inspect.out.split())
     # Timing honesty recorded alongside: dispersion per runner and the outside load.
     row = report["artifacts"][0]["latency"][0]
     assert row["p90_p50"] >= 1.0 and row["cv"] >= 0.0 and len(row["speedup_p50_ci"]) == 2

@@ -45,6 +45,11 @@ def print_manifest(manifest: Manifest) -> None:
     table.add_row("source", f"{src.get('spec')} ({src.get('source')})")
     if src.get("weights_sha256"):
         table.add_row("weights sha256", src["weights_sha256"][:16] + "…")
+    if src.get("weights_origin") == "random-init":
+        from vitedge.validate.bench import RANDOM_WEIGHTS_NOTE
+
+        seed = src.get("random_init_seed")
+        table.add_row("weights", f"[yellow]{RANDOM_WEIGHTS_NOTE}[/yellow] (--random-init {seed})")
     table.add_row("target / precision", f"{manifest.get('target')} / {manifest.get('precision')}")
     pre = manifest.get("preprocessing", {})
     table.add_row("preprocessing",
