@@ -121,13 +121,25 @@ def ratio_interval(numerator_ms: Sequence[float], denominator_ms: Sequence[float
     return float(low), float(high)
 
 
-def _busy_cpu_s() -> float:
-    """CPU seconds the whole machine spent busy (all cores; steal counts: a neighbour VM took it)."""
+def _our_cpus() -> list[int]:
+    """The CPUs this process may run on (a container or `taskset` may allow fewer than the machine has)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def _busy_cpu_s(cpus: list[int]) -> float:
+    """CPU seconds the CPUS spent busy (steal counts: a neighbour VM took it; guest time is
+    already inside user time)."""
     import psutil
 
-    times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0)
-                 - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0))
+    per_cpu = psutil.cpu_times(percpu=True)
+    total = 0.0
+    for times in (per_cpu[i] for i in cpus if i < len(per_cpu)):
+        total += sum(times) - times.idle - getattr(times, "iowait", 0.0) \
+            - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    return float(total)
 
 
 def _own_cpu_s() -> float:
@@ -146,19 +158,20 @@ OUTSIDE_LOAD_LIMIT = 0.10
 class OutsideLoad:
     """Context manager: how much CPU time other processes took while the block ran.
 
-    Measured as the machine's busy CPU time minus this process's, so short-lived processes
-    count too. `result()` gives the seconds, the share of the machine's capacity and whether
+    Measured as the busy time of the CPUs this process may use minus this process's own, so
+    short-lived processes count too. `result()` gives the seconds, the share of the machine's capacity and whether
     it is above `limit`.
     """
 
     def __init__(self, limit: float = OUTSIDE_LOAD_LIMIT) -> None:
         self.limit = limit
-        self.cores = os.cpu_count() or 1
+        self.cpus = _our_cpus()
+        self.cores = len(self.cpus)
         self._start: tuple[float, float, float] | None = None
         self._stop: tuple[float, float, float] | None = None
 
     def _now(self) -> tuple[float, float, float]:
-        return time.perf_counter(), _busy_cpu_s(), _own_cpu_s()
+        return time.perf_counter(), _busy_cpu_s(self.cpus), _own_cpu_s()
 
     def __enter__(self) -> "OutsideLoad":
         self._start = self._now()
