@@ -45,6 +45,7 @@ from vitedge.validate.latency import (
     summarize,
 )
 from vitedge.validate.metrics import compare_logits, per_class_drift, worst_disagreements
+from vitedge.validate.verdicts import verdicts
 
 REPORT_SCHEMA = "vitedge.bench/report"
 REPORT_SCHEMA_VERSION = 1
@@ -132,7 +133,7 @@ def run_bench(artifacts: Sequence[str | Path], *, reference: str | Path, data: s
         subjects.append(_open_reference(reference, ref_dir, ref_loaded, device, threads, probe))
         subjects[0].runner.info["spinning"] = torch_spins
         if ref_manifest is not None:  # the rebuilt module against the export's record
-            _check_same_weights(_params_of(subjects[0], None), str(ref_dir), ref_manifest.get("source", {}),
+            _check_same_weights(_params_of(subjects[0]), str(ref_dir), ref_manifest.get("source", {}),
                                 reference)
         for name, (path, manifest) in manifests.items():
             subjects.append(_open_candidate(name, path, manifest, device, threads, probe,
@@ -154,9 +155,6 @@ def run_bench(artifacts: Sequence[str | Path], *, reference: str | Path, data: s
                                _unmet_conditions(report))
     report["gates"] = [r.to_dict() for r in results]
     report["status"] = gatelib.status(results)
-
-    from vitedge.validate.verdicts import verdicts
-
     report["verdicts"] = verdicts(report)
 
     from vitedge.validate import reports
@@ -261,11 +259,11 @@ def _expected_weights(ref_manifest: Manifest | None, ref_loaded: Any, reference:
         return {"params_sha256": params_sha256(ref_loaded.module), "weights_sha256": ref_loaded.weights_sha256}
 
 
-def _params_of(subject: Subject, weights_sha256: str | None) -> dict[str, Any]:
+def _params_of(subject: Subject) -> dict[str, Any]:
+    """The parameters hash of the module a PyTorch runner actually runs."""
     from vitedge.models.base import params_sha256
 
-    return {"params_sha256": params_sha256(getattr(subject.runner, "module", None)),
-            "weights_sha256": weights_sha256}
+    return {"params_sha256": params_sha256(getattr(subject.runner, "module", None))}
 
 
 def _check_same_weights(expected: dict[str, Any], where: str, recorded: dict[str, Any],
@@ -280,7 +278,7 @@ def _check_same_weights(expected: dict[str, Any], where: str, recorded: dict[str
             if mine != theirs:
                 raise BadInput(f"--reference {reference} is not the model {where} was exported from: its {what} "
                                f"SHA-256 is {mine[:12]}..., the export recorded {theirs[:12]}...; give the export "
-                               "dir (or the same spec, weights and --random-init seed) as --reference")
+                               "dir as --reference (it rebuilds the exported weights), or the same spec and weights")
             return
 
 
