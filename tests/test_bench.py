@@ -246,3 +246,25 @@ def test_random_weights_are_labelled_in_every_report_format(cli, demo_export_cop
     assert set(report["load"]) == {"other_cpu_s", "wall_s", "cores", "share", "limit", "detected"}
     (verdict,) = report["verdicts"]
     assert verdict["artifact"] == "export" and verdict["faster_than_fp32"]["answer"] == "n/a"
+
+
+def test_factory_reference_rebuilt_with_other_weights_is_refused(cli, tmp_path: Path, digits_val: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9's first failure: the reference rebuilt as another random init (measured: agreement 0.0,
+    reported as a normal result). A factory that draws fresh random weights on every call is refused,
+    as an export dir and as a spec, before anything is timed."""
+    (tmp_path / "fresh_models.py").write_text(
+        "import timm\n\n"
+        "def tiny_vit(num_classes=10):\n"
+        "    return timm.create_model('vit_tiny_patch16_224', num_classes=num_classes, img_size=32, depth=1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from vitedge import api
+
+    api.export("fresh_models:tiny_vit", tmp_path / "export")
+    for reference in (tmp_path / "export", "fresh_models:tiny_vit"):
+        result = cli("bench", tmp_path / "export", "--reference", reference, "--data", digits_val, *FAST,
+                     "--report", tmp_path / "r")
+        assert result.code == 2, result.text
+        assert f"--reference {reference} is not the model {tmp_path / 'export'} was exported from: its " \
+               "parameters SHA-256 is " in " ".join(result.err.split())
+        assert not (tmp_path / "r").exists()
