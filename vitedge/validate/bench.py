@@ -641,10 +641,10 @@ def _notes(report: dict[str, Any], subjects: list[Subject], ref_manifest: Manife
                       f"instructions: {', '.join(int8)} cannot be expected to be faster than FP32 here"})
     openvino = [a["name"] for a in report["artifacts"] if a["backend"] == "openvino"]
     if openvino and cpu.get("bf16_native"):
-        runs = ", ".join(f"{a['name']} ran {a['runtime'].get('precision_run')}" for a in report["artifacts"]
+        runs = ", ".join(f"{a['name']} {a['runtime'].get('precision_run')}" for a in report["artifacts"]
                          if a["backend"] == "openvino")
         notes.append({"kind": "bf16-default", "text": "this CPU has native bf16, which OpenVINO uses by default "
-                      f"even for FP32 models; vitedge pins the inference precision ({runs})"})
+                      f"even for FP32 models; vitedge pins the precision its float layers run in ({runs})"})
     if report["settings"]["device"] == "cuda" and on_cpu:
         notes.append({"kind": "gpu-vs-cpu", "text": f"{', '.join(a['name'] for a in on_cpu)} ran on the CPU "
                       "and the reference on the GPU: their speedups compare a CPU runtime with a GPU"})
