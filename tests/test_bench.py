@@ -268,3 +268,28 @@ def test_factory_reference_rebuilt_with_other_weights_is_refused(cli, tmp_path: 
         assert f"--reference {reference} is not the model {tmp_path / 'export'} was exported from: its " \
                "parameters SHA-256 is " in " ".join(result.err.split())
         assert not (tmp_path / "r").exists()
+
+
+def test_speed_gate_timed_next_to_a_cpu_hog_is_unreliable_exit_5(cli, demo_export: Path, digits_val: Path,
+                                                                 tmp_path: Path) -> None:
+    """Issue 9's second failure: a busy neighbour made speed gates pass on garbage. With a busy loop
+    on every core, bench sees the outside load and calls the speed gate unreliable (exit 5), while
+    the accuracy gate is still decided. No timing is asserted: only the outcome."""
+    import subprocess
+    import sys
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        result = cli("bench", demo_export, "--reference", demo_export, "--data", digits_val, "--batch", "1", *FAST,
+                     "--gate", "top1_agreement>=0.99", "--gate", "speedup_p50>=1", "--report", tmp_path / "r")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait(timeout=10)
+    assert result.code == 5, result.text
+    assert "1 of 2 gate checks are unreliable (none failed)" in result.err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["status"] == "unreliable" and report["load"]["detected"] is True
+    assert [g["outcome"] for g in report["gates"]] == ["pass", "unreliable"]
+    assert "other processes used" in report["gates"][1]["reason"]
+    assert any(n["kind"] == "outside-load" for n in report["notes"])
