@@ -53,6 +53,7 @@ def main() -> None:
     from vitedge import ui
 
     ui.set_quiet(True)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         export = args.export
         if export is None:
@@ -69,7 +70,7 @@ def main() -> None:
                 hog.kill()
                 hog.wait()
 
-    print(f"machine: {os.cpu_count()} cores, load average before: {os.getloadavg()[0]:.2f}")
+    print(f"machine: {os.cpu_count()} cores, load average before: {load_before:.2f}")
     for name, report in (("as-is", quiet), (f"+{len(hogs)} hogs", loaded)):
         load = report["load"]
         print(f"{name:>9}: other processes took {load['share']:.0%} of the CPU while timing "
