@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from vitedge.errors import BadInput
 from vitedge.validate import gates as g
+from vitedge.validate.latency import ratio_interval
 
 SUBJECTS = g.Subjects(["ov-int8", "ov-fp16", "ort-fp32"], {"openvino-int8": "ov-int8"}, [1, 8], labelled=True)
 
@@ -97,3 +99,71 @@ def test_every_metric_is_documented() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "bench.md").read_text()
     missing = [name for name in g.METRICS if f"`{name}`" not in doc]
     assert not missing, f"docs/bench.md does not describe {missing}"
+
+
+# -- speed gates on bootstrap confidence intervals (synthetic, paired timing samples) ----------
+
+def _speed(samples: dict[str, np.ndarray], *texts: str, outside_load: str | None = None,
+           unmet: dict[str, str] | None = None) -> list[g.GateResult]:
+    """Evaluate speed gates on SAMPLES (per subject, batch 8) the way bench does: the p50 ratio,
+    decided on its paired bootstrap interval."""
+    subjects = g.Subjects([n for n in samples if n != "reference"], {}, [8])
+    checks = g.plan([g.parse_gate(t) for t in texts], subjects)
+
+    def lookup(op: g.Operand) -> float | None:
+        p50 = float(np.median(samples[op.subject]))
+        return float(np.median(samples["reference"])) / p50 if op.metric == "speedup_p50" else p50
+
+    def interval(check: g.Check) -> tuple[float, float]:
+        if isinstance(check.right, g.Operand):
+            return ratio_interval(samples[check.left.subject], samples[check.right.subject])
+        return ratio_interval(samples["reference"], samples[check.left.subject])
+
+    return g.evaluate(checks, lookup, interval, outside_load, unmet)
+
+
+ROUNDS = np.random.default_rng(0)
+REF = 10.0 * ROUNDS.lognormal(0.0, 0.02, 40)  # 10 ms, quiet
+CLEAR = {"reference": REF, "fast": REF / 2.0 * ROUNDS.lognormal(0.0, 0.02, 40)}  # 2x, tight
+# Around 1x with heavy round-to-round noise (a busy neighbour): the interval spans 1.
+NOISY = {"reference": REF, "noisy": REF * ROUNDS.lognormal(0.0, 0.6, 40)}
+
+
+def test_clear_speedups_pass_or_fail_on_their_interval() -> None:
+    passed, failed = _speed(CLEAR, "fast:speedup_p50@b8>=1.5", "fast:speedup_p50@b8>=3")
+    assert passed.outcome == "pass" and failed.outcome == "fail"
+    low, high = passed.interval
+    assert 1.9 < low < passed.value < high < 2.1
+    assert "(95% CI [" in passed.message() and passed.to_dict()["outcome"] == "pass"
+    (ordering,) = _speed(CLEAR, "faster(fast, reference)")
+    assert ordering.outcome == "pass" and ordering.interval[1] < 0.55  # fast / reference
+
+
+def test_noisy_speedup_straddling_the_bound_is_unreliable() -> None:
+    (result,) = _speed(NOISY, "noisy:speedup_p50@b8>=1")
+    low, high = result.interval
+    assert low < 1.0 < high and result.outcome == "unreliable" and not result.passed
+    assert result.reason.startswith("the 95% confidence interval [") and "straddles 1" in result.reason
+    assert result.line().startswith("UNRELIABLE [noisy:speedup_p50@b8>=1]")
+    assert g.status([result]) == "unreliable"
+
+
+def test_outside_load_makes_every_speed_check_unreliable_but_not_accuracy() -> None:
+    results = _speed(CLEAR, "fast:speedup_p50@b8>=1.5", "fast:speedup_p50@b8>=3", outside_load="busy")
+    assert [r.outcome for r in results] == ["unreliable", "unreliable"] and results[0].reason == "busy"
+    accuracy = g.evaluate(g.plan([g.parse_gate("top1_agreement>=0.995")], SUBJECTS),
+                          lambda op: VALUES.get((op.subject, op.metric, op.batch)), outside_load="busy")
+    assert [r.outcome for r in accuracy] == ["fail", "pass", "pass"]
+    assert g.status([*accuracy, *results]) == "failed"  # a real failure outranks an unreliable check
+
+
+def test_conditional_gate_is_skipped_with_its_reason_where_the_condition_fails() -> None:
+    gate = g.parse_gate("faster(fast, reference) if vnni")
+    assert gate.condition == "vnni" and gate.text == "faster(fast, reference) if vnni"
+    (skipped,) = _speed(CLEAR, "faster(fast, reference) if vnni", unmet={"vnni": g.CONDITIONS["vnni"]})
+    assert skipped.outcome == "skipped" and "no VNNI/AMX" in skipped.message()
+    assert g.status([skipped]) == "passed"
+    (checked,) = _speed(CLEAR, "faster(fast, reference) if vnni", unmet={})
+    assert checked.outcome == "pass"
+    with pytest.raises(BadInput, match="unknown condition 'tpu'"):
+        g.parse_gate("top1_agreement>=0.9 if tpu")

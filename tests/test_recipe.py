@@ -99,33 +99,38 @@ def test_quickstart_end_to_end_then_resumes(cli, tmp_path: Path) -> None:
     out = tmp_path / "quickstart"
     fast = ("--set", "bench.iters=5", "--set", "bench.warmup=1")
     first = cli("run", QUICKSTART, "-o", out, *fast)
-    assert first.code == 0, first.text
+    # Exit 5 (unreliable) only when speed checks could not be decided on this (shared) machine.
+    assert first.code in (0, 5), first.text
     report = json.loads((out / "report" / "report.json").read_text())
     jsonschema.validate(report, load_schema())
     assert [a["name"] for a in report["artifacts"]] == ["openvino-fp32", "openvino-int8", "onnxruntime-fp32",
                                                         "onnxruntime-int8"]
     assert [(a["target"], a["precision"]) for a in report["artifacts"]] == [
         ("openvino", "fp32"), ("openvino", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
-    assert report["status"] == "passed" and len(report["gates"]) >= 4
+    assert report["status"] == ("passed" if first.code == 0 else "unreliable") and len(report["gates"]) >= 4
+    undecided = [g for g in report["gates"] if g["outcome"] not in ("pass", "skipped")]
+    assert all(g["outcome"] == "unreliable" and g["metric"] == "p50_ms" for g in undecided), undecided
+    assert [v["artifact"] for v in report["verdicts"]] == [a["name"] for a in report["artifacts"]]
     assert {p.name for p in (out / "report").iterdir()} == {"report.json", "report.xml", "report.md", "report.html"}
-    assert "vitedge bench: all" in first.out and "onnxruntime-int8" in first.out
+    assert "vitedge bench: " in first.out and "onnxruntime-int8" in first.out
     manifest = json.loads((out / "artifacts" / "openvino-int8" / "vitedge.json").read_text())
-    assert manifest["validation"]["gates_passed"] is True and manifest["validation"]["top1_agreement"] > 0.9
+    assert manifest["validation"]["gates_status"] in ("passed", "unreliable")
+    assert manifest["validation"]["top1_agreement"] > 0.9
     state = json.loads((out / STATE_FILE).read_text())["steps"]
     assert set(state) == {"export", "compile openvino-fp32", "compile openvino-int8", "compile onnxruntime-fp32",
                           "compile onnxruntime-int8"}
     built = {p: p.stat().st_mtime_ns for p in (out / "artifacts").rglob("model.*")}
 
     # Unchanged: every build step is skipped; an impossible gate still fails the run with exit 1.
-    second = cli("run", QUICKSTART, "-o", out, *fast, "--set", "gates=[openvino-int8:speedup_p50@b8>=1000]")
+    second = cli("run", QUICKSTART, "-o", out, *fast, "--set", "gates=[openvino-int8:size_mb<=0.001]")
     assert second.code == 1, second.text
     assert second.err.count("unchanged, skipped") == 5
-    assert "FAIL [openvino-int8:speedup_p50@b8>=1000] openvino-int8: speedup_p50@b8 = " in second.err
+    assert "FAIL [openvino-int8:size_mb<=0.001] openvino-int8: size_mb = " in second.err
     assert {p: p.stat().st_mtime_ns for p in built} == built
 
     # A changed compile option rebuilds that target only.
     third = cli("run", QUICKSTART, "-o", out, *fast, "--set", "targets.2.options.threads=1")
-    assert third.code == 0, third.text
+    assert third.code in (0, 5), third.text
     assert third.err.count("unchanged, skipped") == 4
     assert "compile onnxruntime-fp32: done" in third.err
     rebuilt = [p for p, t in built.items() if p.stat().st_mtime_ns != t]

@@ -19,7 +19,7 @@ import numpy as np
 
 from vitedge import ui
 from vitedge.errors import BadInput
-from vitedge.preprocessing import Preprocessing, open_rgb, preprocess_image
+from vitedge.preprocessing import DECODE_VERSION, Preprocessing, open_rgb, preprocess_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 MAX_BAD_FRACTION = 0.05
@@ -134,7 +134,7 @@ def cache_dir() -> Path:
 
 
 def _cache_key(image_set: ImageSet, pre: Preprocessing) -> str:
-    digest = hashlib.sha256(json.dumps(pre.to_dict(), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps({**pre.to_dict(), "decode": DECODE_VERSION}, sort_keys=True).encode())
     for p in image_set.paths:
         digest.update(str(p.name).encode())
         try:

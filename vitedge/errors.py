@@ -43,3 +43,10 @@ class CompileFailed(VitedgeError):
     """A backend build failed."""
 
     exit_code = 4
+
+
+class GateUnreliable(VitedgeError):
+    """No gate failed, but a speed gate could not be decided: its confidence interval straddles
+    the bound or other processes loaded the CPU while bench timed. CI may retry."""
+
+    exit_code = 5

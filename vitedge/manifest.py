@@ -14,6 +14,8 @@ from vitedge.fsutil import sha256_file, write_json_atomic
 from vitedge.preprocessing import Preprocessing
 
 MANIFEST_NAME = "vitedge.json"
+# What every report and `inspect` say of an artifact whose weights were a seeded random init.
+RANDOM_WEIGHTS_NOTE = "random weights: accuracy figures are meaningless"
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 MAX_MANIFEST_BYTES = 16 << 20

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vitedge.errors import BadInput
 
@@ -108,20 +108,42 @@ class Preprocessing:
         return Preprocessing(**d)
 
 
+# Bumped whenever `open_rgb` decodes some file differently (2: 16-bit scaling, EXIF orientation),
+# so that tensors cached from the old decode are not reused.
+DECODE_VERSION = 2
+
+
 def open_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as RGB (grayscale, palette and RGBA are converted)."""
+    """Decode an image file as a viewer shows it, as 8-bit RGB: the one decode every consumer uses.
+
+    EXIF orientation is applied (phone photos are stored sideways), then `to_rgb` converts the
+    pixel format (16-bit, CMYK, palette, transparency)."""
     try:
         with Image.open(path) as img:
             img.load()
-            return to_rgb(img)
+            return to_rgb(ImageOps.exif_transpose(img))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInput(f"cannot decode image {path}: {exc}") from exc
 
 
+# 16-bit grayscale (PNG, TIFF) opens as one of these; "I" (32-bit) is what older Pillows give it.
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA", "P")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB.
+
+    16-bit samples are scaled to 8 bits (PIL's own convert clips them to 255: a near-white
+    image); transparent pixels (alpha, palette or tRNS transparency) are composited onto white;
+    CMYK goes through Pillow's Adobe-aware conversion.
+    """
     if img.mode == "RGB":
         return img
-    if img.mode in ("RGBA", "LA", "P") or "transparency" in img.info:
+    if img.mode in _SIXTEEN_BIT:
+        eight = np.clip(np.rint(np.asarray(img, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(eight, "L").convert("RGB")
+    if img.mode in _ALPHA or "transparency" in img.info:
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, img).convert("RGB")

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from vitedge import ui
 from vitedge.backends import all_backends
-from vitedge.manifest import Manifest
+from vitedge.manifest import RANDOM_WEIGHTS_NOTE, Manifest
 
 out = Console(highlight=False)
 
@@ -47,6 +47,10 @@ def print_manifest(manifest: Manifest) -> None:
     table.add_row("source", f"{src.get('spec')} ({src.get('source')})")
     if src.get("weights_sha256"):
         table.add_row("weights sha256", src["weights_sha256"][:16] + "…")
+    if src.get("weights_origin") == "random-init":
+
+        seed = src.get("random_init_seed")
+        table.add_row("weights", f"[yellow]{RANDOM_WEIGHTS_NOTE}[/yellow] (--random-init {seed})")
     table.add_row("target / precision", f"{manifest.get('target')} / {manifest.get('precision')}")
     pre = manifest.get("preprocessing", {})
     table.add_row("preprocessing",

@@ -4,6 +4,12 @@ One run measures everything on the same data and the same machine: logits of eve
 artifact and of the reference on the validation set (drift, accuracy, per-class deltas,
 worst disagreements), then latency of all of them interleaved per batch size. Gates turn
 the numbers into an exit code; `reports` writes JSON / JUnit / Markdown / HTML.
+
+Before any verdict, bench makes sure the reference is the model the artifacts came from: its
+parameters hash must match the one recorded at export, and an FP32 artifact (the export itself
+if no FP32 candidate is benched) must agree with it (`reference_check`). Latency is timed with
+one thread budget for every runner, no spin-waiting, and a measure of outside CPU load; speed
+gates are decided on bootstrap confidence intervals (see `gates`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import datetime as _dt
 import importlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,14 +30,23 @@ import numpy as np
 from vitedge import __version__, ui
 from vitedge.backends.base import Runner, backend_for_target, get_backend
 from vitedge.data import Tensors, load_tensors, open_image_set
-from vitedge.errors import BadInput, EnvironmentProblem, GateFailed
+from vitedge.errors import BadInput, EnvironmentProblem, GateFailed, GateUnreliable
 from vitedge.fsutil import write_json_atomic
-from vitedge.manifest import MANIFEST_NAME, Manifest
+from vitedge.manifest import MANIFEST_NAME, RANDOM_WEIGHTS_NOTE, Manifest
 from vitedge.metrics import compare_logits, per_class_drift, worst_disagreements
 from vitedge.preprocessing import Preprocessing
 from vitedge.runtime import load
 from vitedge.validate import gates as gatelib
-from vitedge.validate.latency import measure_interleaved, process_rss_bytes, speedups, summarize
+from vitedge.validate.latency import (
+    SPEEDUP_KEYS,
+    OutsideLoad,
+    measure_interleaved,
+    process_rss_bytes,
+    ratio_interval,
+    speedups,
+    summarize,
+)
+from vitedge.validate.verdicts import verdicts
 
 REPORT_SCHEMA = "vitedge.bench/report"
 REPORT_SCHEMA_VERSION = 1
@@ -39,6 +55,9 @@ REPORT_SPACE_BYTES = 16 << 20  # room the four reports need, generously (HTML wi
 DEVICES = ("cpu", "cuda")
 # Runners timed in one process must not spin-wait between calls (it starves the next runner).
 _RUNNER_OPTIONS = {"spinning": False}
+# The reference sanity check: an FP32 artifact must match the reference this closely.
+REFERENCE_MIN_COSINE = 0.9999
+REFERENCE_MIN_AGREEMENT = 0.999
 REFERENCE_NOTE = ("PyTorch eager FP32 (TF32 disabled on GPUs), rebuilt from the export's model spec "
                   "and weights; every speedup is a ratio of latencies measured in this run.")
 
@@ -102,6 +121,7 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
                warmup: int, iters: int, threads: int | None, worst: int, record: bool,
                trust_source: bool) -> dict[str, Any]:
     """run_bench with its settings checked and its report dir locked."""
+    torch_spins = _passive_openmp()
     threads = threads or os.cpu_count() or 1
     parsed_gates = [gatelib.parse_gate(text) for text in gates]
     manifests = {_artifact_name(Path(a), artifacts): (Path(a), Manifest.load(a)) for a in artifacts}
@@ -110,6 +130,10 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
     ref_labels = ref_loaded.labels if ref_loaded is not None else Manifest.load(ref_dir).labels
     for name, (path, manifest) in manifests.items():
         _check_same_preprocessing(name, path, manifest, pre)
+    ref_manifest = Manifest.load(ref_dir) if ref_dir is not None else None
+    expected = _expected_weights(ref_manifest, ref_loaded, reference)
+    for path, manifest in manifests.values():
+        _check_same_weights(expected, str(path), manifest.get("source", {}), reference)
 
     image_set = open_image_set(data, ref_labels).subset(max_images, seed=0)
     tensors = load_tensors(image_set, pre, description="validation images")
@@ -122,20 +146,31 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
     try:
         probe = _latency_input(tensors.x, max(batches))
         subjects.append(_open_reference(reference, ref_dir, ref_loaded, device, threads, probe, trust_source))
+        subjects[0].runner.info["spinning"] = torch_spins
+        if ref_manifest is not None:  # the rebuilt module against the export's record
+            _check_same_weights(_params_of(subjects[0]), str(ref_dir), ref_manifest.get("source", {}),
+                                reference)
         for name, (path, manifest) in manifests.items():
             subjects.append(_open_candidate(name, path, manifest, device, threads, probe,
                                             subjects_view.aliases))
         _drift_logits(subjects, tensors.x)
-        _latency(subjects, tensors.x, batches, warmup, iters)
+        reference_check = _check_reference(subjects, ref_dir, manifests, tensors.x, threads)
+        with OutsideLoad() as load:
+            _latency(subjects, tensors.x, batches, warmup, iters)
     finally:
         for subject in subjects:
             subject.close()
 
     report = _assemble(subjects, tensors, image_set.source, image_set.class_names, batches, device, threads,
                        max_images, warmup, iters, worst, time.perf_counter() - started)
-    results = gatelib.evaluate(checks, _lookup(report))
+    report["reference_check"] = reference_check
+    report["load"] = load.result()
+    report["notes"] = _notes(report, subjects, ref_manifest, ref_loaded)
+    results = gatelib.evaluate(checks, _lookup(report), _intervals(report), _outside_load_reason(report["load"]),
+                               _unmet_conditions(report))
     report["gates"] = [r.to_dict() for r in results]
-    report["status"] = "passed" if all(r.passed for r in results) else "failed"
+    report["status"] = gatelib.status(results)
+    report["verdicts"] = verdicts(report)
 
     from vitedge.validate import reports
     from vitedge.validate.report_files import write_reports
@@ -147,11 +182,26 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
             _record_validation(subject, report)
     if not ui.is_quiet():
         reports.print_summary(report)
-    failed = [r for r in results if not r.passed]
+    failed = [r for r in results if r.outcome == "fail"]
     if failed:
         lines = "\n".join(f"  {r.line()}" for r in failed)
         raise GateFailed(f"{len(failed)} of {len(results)} gate checks failed:\n{lines}")
+    unreliable = [r for r in results if r.outcome == "unreliable"]
+    if unreliable:
+        lines = "\n".join(f"  {r.line()}" for r in unreliable)
+        raise GateUnreliable(f"{len(unreliable)} of {len(results)} gate checks are unreliable (none failed); "
+                             f"re-run on a quiet machine or with more --iters:\n{lines}")
     return report
+
+
+def _passive_openmp() -> bool:
+    """Ask PyTorch's OpenMP threads not to spin-wait after each run (they would take the CPU from
+    the runner timed next). OpenMP reads OMP_WAIT_POLICY when torch loads, so this works when bench
+    runs before torch is imported (the CLI) or under OMP_WAIT_POLICY=PASSIVE; returns whether
+    torch's threads may still spin."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
 
 
 def _check_settings(artifacts: Sequence[str | Path], batches: Sequence[int], device: str,
@@ -211,11 +261,44 @@ def _reference_source(reference: str | Path, trust_source: bool = False) -> tupl
 
 
 def _check_same_preprocessing(name: str, path: Path, manifest: Manifest, pre: Preprocessing) -> None:
-    theirs = manifest.preprocessing
-    if theirs != pre:
-        diff = [k for k, v in pre.to_dict().items() if k != "extra" and theirs.to_dict().get(k) != v]
+    theirs = manifest.preprocessing.to_dict()  # as dicts: a spec's tuples equal a manifest's lists
+    diff = [k for k, v in pre.to_dict().items() if k != "extra" and theirs.get(k) != v]
+    if diff:
         raise BadInput(f"{path}: its preprocessing differs from the reference's ({', '.join(diff)}); "
                        "drift is only meaningful on the same inputs: bench artifacts of the same export")
+
+
+def _expected_weights(ref_manifest: Manifest | None, ref_loaded: Any, reference: str | Path) -> dict[str, Any]:
+    """The identity of the reference's weights: from its export manifest, or hashed from the loaded spec."""
+    if ref_manifest is not None:
+        return {k: ref_manifest.get("source", {}).get(k) for k in ("params_sha256", "weights_sha256")}
+    from vitedge.models.base import params_sha256
+
+    with ui.Step(f"hashing the parameters of {reference}"):
+        return {"params_sha256": params_sha256(ref_loaded.module), "weights_sha256": ref_loaded.weights_sha256}
+
+
+def _params_of(subject: Subject) -> dict[str, Any]:
+    """The parameters hash of the module a PyTorch runner actually runs."""
+    from vitedge.models.base import params_sha256
+
+    return {"params_sha256": params_sha256(getattr(subject.runner, "module", None))}
+
+
+def _check_same_weights(expected: dict[str, Any], where: str, recorded: dict[str, Any],
+                        reference: str | Path) -> None:
+    """Refuse a reference whose parameters differ from those WHERE was exported from.
+
+    The parameters hash (recorded by exports since it exists) covers every source kind; for older
+    manifests, the weights file hash."""
+    for key, what in (("params_sha256", "parameters"), ("weights_sha256", "weights file")):
+        mine, theirs = expected.get(key), recorded.get(key)
+        if mine and theirs:
+            if mine != theirs:
+                raise BadInput(f"--reference {reference} is not the model {where} was exported from: its {what} "
+                               f"SHA-256 is {mine[:12]}..., the export recorded {theirs[:12]}...; give the export "
+                               "dir as --reference (it rebuilds the exported weights), or the same spec and weights")
+            return
 
 
 def _latency_input(x: np.ndarray, batch: int) -> np.ndarray:
@@ -329,6 +412,55 @@ def _latency(subjects: list[Subject], x: np.ndarray, batches: list[int], warmup:
                                           "samples_ms": samples[subject.name]}
 
 
+def _export_dir(ref_dir: Path | None, manifests: dict[str, tuple[Path, Manifest]]) -> Path | None:
+    """The export the artifacts were compiled from, where it is still on disk unchanged."""
+    if ref_dir is not None and Manifest.load(ref_dir).get("kind") == "export":
+        return ref_dir
+    for _, manifest in manifests.values():
+        export = manifest.get("export") or {}
+        path = Path(export.get("dir") or "")
+        if export.get("dir") and (path / MANIFEST_NAME).is_file():
+            theirs = Manifest.load(path)
+            if theirs.get("kind") == "export" and export.get("model_sha256") in theirs.get("files", {}).values():
+                return path
+    return None
+
+
+def _check_reference(subjects: list[Subject], ref_dir: Path | None, manifests: dict[str, tuple[Path, Manifest]],
+                     x: np.ndarray, threads: int) -> dict[str, Any]:
+    """An FP32 artifact must agree with the reference before any verdict: else the reference is
+    another model (other weights, a non-deterministic factory, train-mode layers...).
+
+    Checked on the FP32 candidates (one that agrees is enough: the others' drift is theirs), or on
+    the export run through ONNX Runtime FP32 when no FP32 candidate is benched."""
+    reference = subjects[0]
+    assert reference.logits is not None
+    compared = [(s.name, s.source, s.logits) for s in subjects[1:] if s.precision == "fp32"]
+    if not compared:
+        export_dir = _export_dir(ref_dir, manifests)
+        if export_dir is None:
+            raise BadInput("cannot check that the reference is the exported model: no FP32 artifact is benched "
+                           "and the export dir is gone; bench the export dir too, or give it as --reference")
+        with ui.Step(f"reference check: the export {export_dir} on ONNX Runtime FP32"), load(
+                export_dir, backend="onnxruntime", threads=threads, **_RUNNER_OPTIONS) as predictor:
+            compared = [("export", str(export_dir), predictor.predict(x, batch_size=DRIFT_BATCH))]
+    checks = []
+    for name, source, logits in compared:
+        drift = compare_logits(reference.logits, logits, None)
+        checks.append({"artifact": name, "source": source, "top1_agreement": drift["top1_agreement"],
+                       "cosine_mean": drift["cosine_mean"], "cosine_min": drift["cosine_min"],
+                       "min_agreement": REFERENCE_MIN_AGREEMENT, "min_cosine": REFERENCE_MIN_COSINE})
+    best = max(checks, key=lambda c: (c["top1_agreement"], c["cosine_mean"]))
+    best["passed"] = bool(best["top1_agreement"] >= REFERENCE_MIN_AGREEMENT
+                          and best["cosine_mean"] >= REFERENCE_MIN_COSINE)
+    if not best["passed"]:
+        raise BadInput(f"the reference is not the exported model: {best['artifact']} (FP32) agrees with it on "
+                       f"{best['top1_agreement']:.4f} of top-1 classes with mean cosine {best['cosine_mean']:.6f} "
+                       f"(needs >= {REFERENCE_MIN_AGREEMENT} and >= {REFERENCE_MIN_COSINE}); bench against the "
+                       "export dir the artifacts were compiled from")
+    return best
+
+
 def _runtime_info(runner: Runner) -> dict[str, Any]:
     """What the runner reports about itself (threads, streams, precision run...), JSON-safe."""
     info = json.loads(json.dumps(runner.info, default=str))
@@ -348,6 +480,8 @@ def _subject_entry(subject: Subject, reference: Subject, batches: list[int]) -> 
         entry = {"batch": batch, "measured": True, **subject.latency[batch]}
         if subject is not reference and batch in reference.latency:
             entry.update(speedups(reference.latency[batch], subject.latency[batch]))
+            entry["speedup_p50_ci"] = list(ratio_interval(reference.latency[batch]["samples_ms"],
+                                                          subject.latency[batch]["samples_ms"]))
         latency.append(entry)
     return {
         "name": subject.name, "role": subject.role, "source": subject.source, "backend": subject.backend,
@@ -430,7 +564,8 @@ def _manifest_summary(manifest: Manifest | None) -> dict[str, Any]:
         return {}
     keep = ("kind", "created", "vitedge_version", "calibration", "precision_summary", "runtime")
     summary = {k: manifest[k] for k in keep if k in manifest}
-    summary["source"] = {k: manifest.get("source", {}).get(k) for k in ("spec", "weights_sha256")}
+    summary["source"] = {k: manifest.get("source", {}).get(k)
+                         for k in ("spec", "weights_sha256", "weights_origin", "random_init_seed", "params_sha256")}
     return summary
 
 
@@ -453,6 +588,97 @@ def _lookup(report: dict[str, Any]) -> gatelib.Lookup:
     return lookup
 
 
+def _intervals(report: dict[str, Any]) -> gatelib.IntervalLookup:
+    """Bootstrap confidence intervals of speed checks, from the paired samples in the report."""
+    entries = {report["reference"]["name"]: report["reference"]}
+    entries.update({a["name"]: a for a in report["artifacts"]})
+
+    def samples(operand: gatelib.Operand) -> list[float] | None:
+        row = next((r for r in entries[operand.subject or ""]["latency"] if r["batch"] == operand.batch), None)
+        return row["samples_ms"] if row and row["measured"] else None
+
+    def interval(check: gatelib.Check) -> tuple[float, float] | None:
+        left, right = check.left, check.right
+        mine, ref = samples(left), samples(gatelib.Operand(left.metric, left.batch, gatelib.REFERENCE))
+        if isinstance(right, gatelib.Operand):  # ratio left / right, paired only within one batch's rounds
+            theirs = samples(right)
+            if mine is None or theirs is None or left.batch != right.batch or left.metric != right.metric:
+                return None
+            if left.metric in SPEEDUP_KEYS:  # (ref / left) / (ref / right) = right / left
+                return ratio_interval(theirs, mine, SPEEDUP_KEYS[left.metric])
+            return ratio_interval(mine, theirs, left.metric) if left.metric in gatelib.BOOTSTRAPPED else None
+        if mine is None:
+            return None
+        if left.metric in SPEEDUP_KEYS:
+            return ratio_interval(ref, mine, SPEEDUP_KEYS[left.metric]) if ref is not None else None
+        if left.metric == "throughput":
+            low, high = ratio_interval(mine, None, "mean_ms")
+            return left.batch * 1e3 / high, left.batch * 1e3 / low
+        return ratio_interval(mine, None, left.metric) if left.metric in gatelib.BOOTSTRAPPED else None
+
+    return interval
+
+
+def _outside_load_reason(load: dict[str, Any]) -> str | None:
+    if not load["detected"]:
+        return None
+    return (f"other processes used {load['share']:.0%} of the CPU while bench timed "
+            f"(above {load['limit']:.0%}); re-run on a quiet machine")
+
+
+def _unmet_conditions(report: dict[str, Any]) -> dict[str, str]:
+    """Gate conditions that do not hold on this machine, with the reason shown for skipped checks."""
+    unmet = {}
+    if not report["environment"]["hardware"]["cpu"].get("int8_vnni"):
+        unmet["vnni"] = gatelib.CONDITIONS["vnni"]
+    if report["settings"]["device"] != "cuda":
+        unmet["cuda"] = gatelib.CONDITIONS["cuda"]
+    return unmet
+
+
+def _notes(report: dict[str, Any], subjects: list[Subject], ref_manifest: Manifest | None,
+           ref_loaded: Any) -> list[dict[str, str]]:
+    """Platform and provenance facts a reader needs to judge the numbers, in every report format."""
+    notes = []
+    sources = [m.get("source", {}) for m in [ref_manifest, *(s.manifest for s in subjects)] if m is not None]
+    if ref_loaded is not None:
+        sources.append({"weights_origin": ref_loaded.weights_origin, "random_init_seed": ref_loaded.random_init_seed})
+    seeds = sorted({str(src.get("random_init_seed")) for src in sources if src.get("weights_origin") == "random-init"})
+    if seeds:
+        notes.append({"kind": "random-weights", "text": f"{RANDOM_WEIGHTS_NOTE} (the model has random weights, "
+                      f"--random-init {', '.join(seeds)}): use this report for speed and shapes only"})
+    cpu = report["environment"]["hardware"]["cpu"]
+    on_cpu = [a for a in report["artifacts"] if a["runtime"].get("timer") != "cuda-events"]
+    int8 = [a["name"] for a in on_cpu if a["precision"] == "int8"]
+    if int8 and cpu.get("int8_vnni") is False:
+        notes.append({"kind": "no-int8-instructions", "text": f"this CPU ({cpu['model']}) has no VNNI/AMX INT8 "
+                      f"instructions: {', '.join(int8)} cannot be expected to be faster than FP32 here"})
+    openvino = [a["name"] for a in report["artifacts"] if a["backend"] == "openvino"]
+    if openvino and cpu.get("bf16_native"):
+        runs = ", ".join(f"{a['name']} {a['runtime'].get('precision_run')}" for a in report["artifacts"]
+                         if a["backend"] == "openvino")
+        notes.append({"kind": "bf16-default", "text": "this CPU has native bf16, which OpenVINO uses by default "
+                      f"even for FP32 models; vitedge pins the precision its float layers run in ({runs})"})
+    if report["settings"]["device"] == "cuda" and on_cpu:
+        notes.append({"kind": "gpu-vs-cpu", "text": f"{', '.join(a['name'] for a in on_cpu)} ran on the CPU "
+                      "and the reference on the GPU: their speedups compare a CPU runtime with a GPU"})
+    reason = _outside_load_reason(report["load"])
+    if reason:
+        notes.append({"kind": "outside-load", "text": reason.replace("; re-run on a quiet machine", "") +
+                      ": latency figures are inflated and speed verdicts unreliable"})
+    if report["reference"]["runtime"].get("spinning") and report["settings"]["device"] == "cpu":
+        notes.append({"kind": "spinning", "text": "PyTorch's OpenMP threads may spin-wait between runs (torch "
+                      "was loaded before bench could set OMP_WAIT_POLICY=PASSIVE), taking CPU from the next "
+                      "runner; set OMP_WAIT_POLICY=PASSIVE in the environment"})
+    budget = report["settings"]["threads"]
+    other = [f"{e['name']} {e['runtime']['threads']}" for e in [report["reference"], *on_cpu]
+             if isinstance(e["runtime"].get("threads"), int) and e["runtime"]["threads"] != budget]
+    if other:
+        notes.append({"kind": "threads", "text": f"not every runner used the {budget}-thread budget: "
+                      f"{', '.join(other)}"})
+    return notes
+
+
 def _record_validation(subject: Subject, report: dict[str, Any]) -> None:
     """Write this run's headline numbers into the artifact's manifest (`validation`)."""
     entry = next(a for a in report["artifacts"] if a["name"] == subject.name)
@@ -463,7 +689,9 @@ def _record_validation(subject: Subject, report: dict[str, Any]) -> None:
         **{k: drift[k] for k in ("top1_agreement", "kl_mean", "acc_delta") if k in drift},
         "p50_ms": {str(r["batch"]): r["p50_ms"] for r in entry["latency"] if r["measured"]},
         "speedup_p50": {str(r["batch"]): r.get("speedup_p50") for r in entry["latency"] if r["measured"]},
-        "gates_passed": all(g["passed"] for g in report["gates"] if g["artifact"] == subject.name),
+        "gates_passed": all(g["outcome"] in ("pass", "skipped") for g in report["gates"]
+                            if g["artifact"] == subject.name),
+        "gates_status": gatelib.status_of([g["outcome"] for g in report["gates"] if g["artifact"] == subject.name]),
     }
     path = Path(subject.source) / MANIFEST_NAME
     try:

@@ -11,7 +11,13 @@ Grammar (whitespace is ignored; docs/bench.md has examples)::
 An operand without NAME means every candidate (threshold gates only); NAME is an
 artifact's directory name, its `target-precision` alias, or `reference`. Latency metrics
 without `@bN` are checked at every measured batch size; in an ordering gate a side without
-`@bN` takes the other side's batch.
+`@bN` takes the other side's batch. A gate may end in `if CONDITION` (`vnni`, `cuda`): where
+the condition does not hold, its checks are `skipped` and the report says why.
+
+Every check has one of four outcomes: pass, fail, skipped, or `unreliable` — a speed check
+(latency or speedup) whose bootstrap confidence interval straddles the bound, or that was
+timed while other processes took a share of the CPU. Unreliable is neither pass nor fail:
+bench exits 5 so CI can retry on a quieter machine.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ def _metrics() -> dict[str, Metric]:
 
 METRICS = _metrics()
 PER_BATCH = {"latency", "speedup"}
+# Latency statistics that get a bootstrap confidence interval (stdev has none).
+BOOTSTRAPPED = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms"}
 CANDIDATE_ONLY = {"drift", "speedup"}
 LABELLED = {"accuracy"}
 # Accuracy metrics relative to the reference (the reference has top1_acc and top5_acc only).
@@ -84,7 +92,15 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": lambda a, b: a < b, "==": lambda a, b: a == b,
 }
 SYNTAX = ("METRIC OP NUMBER, NAME:METRIC OP NUMBER, METRIC[NAME] OP METRIC[NAME] or "
-          "faster(NAME, NAME); METRIC may end in @bN (batch), OP is one of >= <= > < ==")
+          "faster(NAME, NAME); METRIC may end in @bN (batch), OP is one of >= <= > < ==; "
+          "optionally followed by 'if CONDITION'")
+# Platform conditions a gate can be limited to, with the reason shown when one does not hold.
+CONDITIONS = {
+    "vnni": "this CPU has no VNNI/AMX INT8 instructions, so INT8 is not expected to be faster than FP32 here",
+    "cuda": "bench did not run on a CUDA device",
+}
+_CONDITION = re.compile(r"^(?P<gate>.*?)\s+if\s+(?P<condition>[A-Za-z0-9_-]+)\s*$", re.DOTALL)
+OUTCOMES = ("pass", "fail", "unreliable", "skipped")
 
 
 @dataclass(frozen=True)
@@ -107,6 +123,7 @@ class Gate:
     left: Operand
     op: str
     right: Operand | float
+    condition: str | None = None
 
 
 def valid_metrics_text() -> str:
@@ -133,7 +150,16 @@ def _operand(text: str, gate: str) -> Operand:
 
 def parse_gate(text: str) -> Gate:
     """Parse one gate (syntax and metric names only; names and batches are checked in `plan`)."""
-    compact = re.sub(r"\s+", "", text)
+    conditional = _CONDITION.match(text.strip())
+    condition = conditional["condition"] if conditional else None
+    if condition is not None and condition not in CONDITIONS:
+        raise BadInput(f"gate {text!r}: unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
+    gate = _parse_expression(text, conditional["gate"] if conditional else text)
+    return Gate(gate.text, gate.left, gate.op, gate.right, condition)
+
+
+def _parse_expression(text: str, expression: str) -> Gate:
+    compact = re.sub(r"\s+", "", expression)
     if not compact:
         raise BadInput("empty gate expression")
     faster = _FASTER.match(compact)
@@ -189,6 +215,13 @@ class Check:
     left: Operand
     op: str
     right: Operand | float
+    condition: str | None = None
+
+    @property
+    def is_speed(self) -> bool:
+        """A latency or speedup comparison: the checks that timing noise can decide."""
+        right = self.right.metric if isinstance(self.right, Operand) else None
+        return any(m is not None and METRICS[m].group in PER_BATCH for m in (self.left.metric, right))
 
 
 def _check_metric(operand: Operand, subjects: Subjects, gate: str) -> None:
@@ -234,14 +267,18 @@ def plan(gates: list[Gate], subjects: Subjects) -> list[Check]:
                 _check_metric(other, subjects, gate.text)
                 for lb, rb in _batches(left, other, subjects):
                     checks.append(Check(gate.text, Operand(left.metric, lb, subject), gate.op,
-                                        Operand(other.metric, rb, right_subject)))
+                                        Operand(other.metric, rb, right_subject), gate.condition))
             else:
                 for lb, _ in _batches(left, None, subjects):
-                    checks.append(Check(gate.text, Operand(left.metric, lb, subject), gate.op, right))
+                    checks.append(Check(gate.text, Operand(left.metric, lb, subject), gate.op, right,
+                                        gate.condition))
     return checks
 
 
 Lookup = Callable[[Operand], "float | None"]
+# The confidence interval of a speed check's compared quantity: the left value for a threshold
+# gate, left / right for an ordering gate. None: no interval (the point value decides).
+IntervalLookup = Callable[[Check], "tuple[float, float] | None"]
 
 
 @dataclass
@@ -251,7 +288,13 @@ class GateResult:
     check: Check
     value: float | None
     bound: float | None
-    passed: bool
+    outcome: str  # pass | fail | unreliable | skipped
+    interval: tuple[float, float] | None = None  # CI of value (threshold) or value / bound (ordering)
+    reason: str = ""  # why a check is unreliable or skipped
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "pass"
 
     @property
     def subject(self) -> str:
@@ -259,19 +302,26 @@ class GateResult:
 
     def message(self) -> str:
         left, right = self.check.left, self.check.right
+        if self.outcome == "skipped":
+            return f"{left.subject}: skipped, {self.reason}"
         if self.value is None:
             return f"{left.subject}: {left.label()} was not measured"
         if isinstance(right, Operand):
             if self.bound is None:
                 return f"{right.subject}: {right.label()} was not measured"
-            verb = "is" if self.passed else "is not"
-            return (f"{left.subject} {left.label()} = {_fmt(self.value)} {verb} {self.check.op} "
+            verb = {"pass": "is", "fail": "is not"}.get(self.outcome, "may or may not be")
+            text = (f"{left.subject} {left.label()} = {_fmt(self.value)} {verb} {self.check.op} "
                     f"{right.subject} {right.label()} = {_fmt(self.bound)}")
-        verb = "meets" if self.passed else "needs"
-        return f"{left.subject}: {left.label()} = {_fmt(self.value)}, {verb} {self.check.op} {_fmt(right)}"
+            if self.interval is not None:
+                text += f" (ratio {_fmt(self.value / self.bound)}, 95% CI {_interval(self.interval)})"
+        else:
+            verb = {"pass": "meets", "fail": "needs"}.get(self.outcome, "unsure whether it meets")
+            ci = f" (95% CI {_interval(self.interval)})" if self.interval is not None else ""
+            text = f"{left.subject}: {left.label()} = {_fmt(self.value)}{ci}, {verb} {self.check.op} {_fmt(right)}"
+        return f"{text}; unreliable: {self.reason}" if self.outcome == "unreliable" else text
 
     def line(self) -> str:
-        return f"{'PASS' if self.passed else 'FAIL'} [{self.check.gate}] {self.message()}"
+        return f"{self.outcome.upper()} [{self.check.gate}] {self.message()}"
 
     def to_dict(self) -> dict[str, Any]:
         left, right = self.check.left, self.check.right
@@ -280,20 +330,65 @@ class GateResult:
             "op": self.check.op, "value": _json_number(self.value), "bound": _json_number(self.bound),
             "other": {"artifact": right.subject, "metric": right.metric, "batch": right.batch}
             if isinstance(right, Operand) else None,
-            "passed": self.passed, "message": self.message(),
+            "passed": self.passed, "outcome": self.outcome,
+            "interval": [_json_number(v) for v in self.interval] if self.interval is not None else None,
+            "reason": self.reason, "message": self.message(),
         }
 
 
-def evaluate(checks: list[Check], lookup: Lookup) -> list[GateResult]:
-    """Compare each check's numbers; a value that was not measured fails its check."""
+def _decide(op: str, value: float, bound: float, interval: tuple[float, float] | None) -> tuple[str, str]:
+    """pass / fail from the point value, or from the interval when there is one."""
+    if interval is None or op == "==":
+        return ("pass" if _OPS[op](value, bound) else "fail"), ""
+    low, high = interval
+    if _OPS[op](low, bound) and _OPS[op](high, bound):
+        return "pass", ""
+    if not _OPS[op](low, bound) and not _OPS[op](high, bound):
+        return "fail", ""
+    return "unreliable", f"the 95% confidence interval {_interval(interval)} straddles {_fmt(bound)}"
+
+
+def evaluate(checks: list[Check], lookup: Lookup, interval: IntervalLookup | None = None,
+             outside_load: str | None = None, unmet: dict[str, str] | None = None) -> list[GateResult]:
+    """Decide each check: pass, fail, unreliable or skipped.
+
+    A value that was not measured fails its check. A speed check is decided on its confidence
+    interval (`interval`), and is unreliable when OUTSIDE_LOAD says why the timing cannot be
+    trusted. UNMET maps the conditions that do not hold here to the reason their checks are skipped.
+    """
     results = []
     for check in checks:
         value = lookup(check.left)
         bound = lookup(check.right) if isinstance(check.right, Operand) else check.right
-        passed = value is not None and bound is not None and not math.isnan(value) \
-            and _OPS[check.op](value, bound)
-        results.append(GateResult(check, value, bound, passed))
+        if check.condition is not None and check.condition in (unmet or {}):
+            results.append(GateResult(check, value, bound, "skipped", reason=(unmet or {})[check.condition]))
+            continue
+        if value is None or bound is None or math.isnan(value) or math.isnan(bound):
+            results.append(GateResult(check, value, bound, "fail"))
+            continue
+        ci = interval(check) if interval is not None and check.is_speed else None
+        if isinstance(check.right, Operand):  # an ordering gate: the ratio left / right against 1
+            outcome, reason = _decide(check.op, value / bound if bound else math.inf, 1.0, ci)
+        else:
+            outcome, reason = _decide(check.op, value, bound, ci)
+        if check.is_speed and outside_load and outcome != "unreliable":
+            outcome, reason = "unreliable", outside_load
+        results.append(GateResult(check, value, bound, outcome, ci, reason))
     return results
+
+
+def status(results: list[GateResult]) -> str:
+    """The run's status: failed if any check failed, else unreliable if any is, else passed."""
+    return status_of([r.outcome for r in results])
+
+
+def status_of(outcomes: list[str]) -> str:
+    """failed / unreliable / passed from check outcomes (skipped checks count as neither)."""
+    return "failed" if "fail" in outcomes else "unreliable" if "unreliable" in outcomes else "passed"
+
+
+def _interval(interval: tuple[float, float]) -> str:
+    return f"[{_fmt(interval[0])}, {_fmt(interval[1])}]"
 
 
 def _fmt(value: float) -> str:

@@ -21,10 +21,14 @@ from vitedge.validate.reports import (
     headline,
     latency_row,
     latency_table,
+    notes,
     settings_line,
+    status,
     subjects,
     summary_rows,
+    verdict_rows,
 )
+from vitedge.validate.verdicts import outcome
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
            "#9c755f", "#17becf")
@@ -40,7 +44,9 @@ h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd
 table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #ddd;padding:3px 8px}
 th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .badge{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff;font-weight:600}
-.pass{background:#2e7d32}.fail{background:#c62828}.none{background:#757575}
+.pass{background:#2e7d32}.fail{background:#c62828}.none{background:#757575}.unreliable{background:#b26a00}
+.note{background:#fff8e1;border-left:4px solid #b26a00;padding:4px 10px;margin:6px 0}
+.unreliable-text{color:#b26a00;font-weight:600}.skipped-text{color:#666}
 figure.plot{margin:12px 0}figcaption{color:#555;font-size:12px}
 svg.chart text{font:11px system-ui,sans-serif;fill:#333}svg.chart .axis{stroke:#999}
 svg.chart .grid{stroke:#eee}.scroll{overflow-x:auto}.pass-text{color:#2e7d32;font-weight:600}
@@ -51,15 +57,17 @@ svg.chart .grid{stroke:#eee}.scroll{overflow-x:auto}.pass-text{color:#2e7d32;fon
 def render_html(report: dict[str, Any]) -> str:
     """The whole page as a string."""
     gates = report["gates"]
-    status = "none" if not gates else ("fail" if any(not g["passed"] for g in gates) else "pass")
+    state = "none" if not gates else {"failed": "fail", "unreliable": "unreliable", "passed": "pass"}[status(report)]
     colors = _colors(report)
     body = [
-        f"<h1>vitedge bench <span class='badge {status}'>{escape(headline(report))}</span></h1>",
+        f"<h1>vitedge bench <span class='badge {state}'>{escape(headline(report))}</span></h1>",
+        "<h2>Verdicts</h2>", _table(verdict_rows(report)),
+        *(f"<p class='note'><b>Note:</b> {escape(line)}</p>" for line in notes(report)),
         f"<p class='muted'>{escape(settings_line(report))}. Created {escape(report['created'])}.</p>",
         "<h2>Summary</h2>", _table(summary_rows(report)),
     ]
     if gates:
-        body += ["<h2>Gates</h2>", _table([{"result": "PASS" if g["passed"] else "FAIL", "gate": g["gate"],
+        body += ["<h2>Gates</h2>", _table([{"result": outcome(g).upper(), "gate": g["gate"],
                                              "check": g["message"]} for g in gates])]
     body.append("<h2>Latency distribution</h2>")
     body += [_figure(f"latency-b{b}", latency_plot(report, b, colors),
@@ -91,7 +99,7 @@ def render_html(report: dict[str, Any]) -> str:
             "style-src 'unsafe-inline'; img-src data:\">"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>vitedge bench: {escape(headline(report))}</title><style>{CSS}</style></head>\n"
-            f"<body data-status='{status}'>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<body data-status='{state}'>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 def _colors(report: dict[str, Any]) -> dict[str, str]:
@@ -111,8 +119,12 @@ def _table(rows: list[dict[str, str]]) -> str:
 
 
 def _cell(text: str) -> str:
-    if text in ("PASS", "FAIL"):
+    if text in ("PASS", "FAIL", "UNRELIABLE", "SKIPPED"):
         return f"<td class='{text.lower()}-text'>{text}</td>"
+    answer = text.split(" ", 1)[0]
+    if answer in ("yes", "no", "unreliable"):
+        cls = {"yes": "pass-text", "no": "fail-text", "unreliable": "unreliable-text"}[answer]
+        return f"<td><span class='{cls}'>{answer}</span>{escape(text[len(answer):])}</td>"
     numeric = _NUMERIC.fullmatch(text) is not None
     return f"<td class='num'>{escape(text)}</td>" if numeric else f"<td>{escape(text)}</td>"
 

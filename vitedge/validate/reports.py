@@ -1,5 +1,9 @@
 """Bench reports: report.json (schema-versioned), report.xml (JUnit), report.md (PR comment),
 report.html (self-contained, inline SVG plots), and the summary table on the terminal.
+
+Every format opens with the verdicts (accurate? faster than FP32? faster than the reference?)
+and the notes (random weights, CPU without INT8 instructions, bf16, outside load...), and
+shows each gate check as pass, fail, unreliable or skipped.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from vitedge.validate.verdicts import QUESTIONS, outcome, verdicts
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 stdout = Console(highlight=False)
@@ -88,12 +94,40 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, str]]:
 
 def headline(report: dict[str, Any]) -> str:
     gates = report["gates"]
-    failed = sum(not g["passed"] for g in gates)
+    counts = {name: sum(outcome(g) == name for g in gates) for name in ("fail", "unreliable", "skipped")}
+    skipped = f" ({counts['skipped']} skipped)" if counts["skipped"] else ""
     if not gates:
         return "no gates"
-    if failed:
-        return f"{failed} of {len(gates)} gate checks failed"
-    return f"all {len(gates)} gate checks passed"
+    if counts["fail"]:
+        unsure = f", {counts['unreliable']} unreliable" if counts["unreliable"] else ""
+        return f"{counts['fail']} of {len(gates)} gate checks failed{unsure}{skipped}"
+    if counts["unreliable"]:
+        return f"{counts['unreliable']} of {len(gates)} gate checks unreliable, none failed{skipped}"
+    if counts["skipped"] == len(gates):
+        return f"all {len(gates)} gate checks skipped"
+    return f"all {len(gates) - counts['skipped']} gate checks passed{skipped}"
+
+
+def status(report: dict[str, Any]) -> str:
+    """passed / failed / unreliable, from the gates."""
+    outcomes = {outcome(g) for g in report["gates"]}
+    return "failed" if "fail" in outcomes else "unreliable" if "unreliable" in outcomes else "passed"
+
+
+def verdict_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per artifact: the three answers, each with the numbers behind it."""
+    rows = []
+    for verdict in report.get("verdicts") or verdicts(report):
+        row = {"artifact": verdict["artifact"]}
+        for key, question in QUESTIONS.items():
+            row[question] = f"{verdict[key]['answer']} ({verdict[key]['detail']})"
+        rows.append(row)
+    return rows
+
+
+def notes(report: dict[str, Any]) -> list[str]:
+    """The platform and provenance notes, one line each."""
+    return [n["text"] for n in report.get("notes", [])]
 
 
 def settings_line(report: dict[str, Any]) -> str:
@@ -111,23 +145,42 @@ def settings_line(report: dict[str, Any]) -> str:
 
 # -- terminal ---------------------------------------------------------------------------------
 
+_MARKS = {"pass": "[green]PASS[/green]", "fail": "[red]FAIL[/red]",
+          "unreliable": "[yellow]UNRELIABLE[/yellow]", "skipped": "[dim]SKIPPED[/dim]"}
+_ANSWER_STYLE = {"yes": "green", "no": "red", "unreliable": "yellow"}
+
+
 def print_summary(report: dict[str, Any]) -> None:
-    """The final table on stdout, then gate and report-file lines."""
+    """The verdicts and notes first, then the measurement table, gate and report-file lines."""
+    # A log (CI, a pipe) gets a wide table rather than one squeezed to 80 columns.
+    console = stdout if stdout.is_terminal else Console(highlight=False, width=LOG_WIDTH)
+    verdict_table = Table(title=f"vitedge bench: {headline(report)}")
+    verdict_table.add_column("artifact", no_wrap=True)
+    for question in QUESTIONS.values():
+        verdict_table.add_column(question)
+    for verdict in report.get("verdicts") or verdicts(report):
+        cells = []
+        for key in QUESTIONS:
+            answer = verdict[key]["answer"]
+            style = _ANSWER_STYLE.get(answer)
+            word = f"[{style}]{answer}[/{style}]" if style else answer
+            cells.append(f"{word} {escape(verdict[key]['detail'])}")
+        verdict_table.add_row(escape(verdict["artifact"]), *cells)
+    console.print(verdict_table)
+    for line in notes(report):
+        console.print(f"[yellow]note:[/yellow] {escape(line)}", soft_wrap=True)
     rows = summary_rows(report)
-    table = Table(title=f"vitedge bench: {headline(report)}")
+    table = Table(title="measurements")
     for col in rows[0]:
         table.add_column(col, justify="left" if col in ("artifact", "target", "precision") else "right",
                          no_wrap=True)
     for row in rows:
         table.add_row(*row.values())
-    # A log (CI, a pipe) gets a wide table rather than one squeezed to 80 columns.
-    console = stdout if stdout.is_terminal else Console(highlight=False, width=LOG_WIDTH)
     console.print(table)
     console.print(escape(settings_line(report)), soft_wrap=True)
     for gate in report["gates"]:
-        mark = "[green]PASS[/green]" if gate["passed"] else "[red]FAIL[/red]"
         text = escape(f"[{gate['gate']}] {gate['message']}")
-        console.print(f"  {mark} {text}", soft_wrap=True)
+        console.print(f"  {_MARKS[outcome(gate)]} {text}", soft_wrap=True)
     if report.get("files"):
         console.print(escape(f"reports: {', '.join(report['files'].values())}"), soft_wrap=True)
 
@@ -135,29 +188,45 @@ def print_summary(report: dict[str, Any]) -> None:
 # -- JUnit ------------------------------------------------------------------------------------
 
 def render_junit(report: dict[str, Any]) -> str:
-    """One testcase per gate check; a failing check carries a <failure>."""
+    """One testcase per gate check: a failing check carries a <failure>, an unreliable one an
+    <error type="GateUnreliable"> (not decided: retry), a skipped one <skipped> with the reason.
+    Status, verdicts and notes are properties and the suite's system-out."""
     gates = report["gates"]
-    failures = sum(not g["passed"] for g in gates)
+    counts = {name: sum(outcome(g) == name for g in gates) for name in ("fail", "unreliable", "skipped")}
     seconds = f"{report['settings']['seconds']:.3f}"
-    root = ET.Element("testsuites", name="vitedge bench", tests=str(len(gates)), failures=str(failures),
-                      errors="0", time=seconds)
+    root = ET.Element("testsuites", name="vitedge bench", tests=str(len(gates)), failures=str(counts["fail"]),
+                      errors=str(counts["unreliable"]), time=seconds)
     suite = ET.SubElement(root, "testsuite", name="vitedge.bench.gates", tests=str(len(gates)),
-                          failures=str(failures), errors="0", skipped="0", time=seconds,
-                          timestamp=report["created"])
+                          failures=str(counts["fail"]), errors=str(counts["unreliable"]),
+                          skipped=str(counts["skipped"]), time=seconds, timestamp=report["created"])
     props = ET.SubElement(suite, "properties")
-    for name, value in (("reference", report["reference"]["source"]), ("data", report["data"]["source"]),
-                        ("samples", report["data"]["samples"]),
+    for name, value in (("status", status(report)), ("reference", report["reference"]["source"]),
+                        ("data", report["data"]["source"]), ("samples", report["data"]["samples"]),
                         ("batches", ",".join(map(str, report["settings"]["batches"]))),
                         ("device", report["settings"]["device"]), ("threads", report["settings"]["threads"]),
                         ("vitedge_version", report["vitedge_version"])):
         ET.SubElement(props, "property", name=name, value=str(value))
+    for verdict in report.get("verdicts") or verdicts(report):
+        ET.SubElement(props, "property", name=f"verdict {verdict['artifact']}",
+                      value="; ".join(f"{q} {verdict[k]['answer']}" for k, q in QUESTIONS.items()))
+    for line in notes(report):
+        ET.SubElement(props, "property", name="note", value=line)
     for gate in gates:
         where = gate["artifact"] + (f" @b{gate['batch']}" if gate["batch"] is not None else "")
         case = ET.SubElement(suite, "testcase", classname=f"vitedge.bench.{gate['artifact']}",
                              name=f"{gate['gate']} [{where}]", time="0")
-        if not gate["passed"]:
+        result = outcome(gate)
+        if result == "fail":
             failure = ET.SubElement(case, "failure", message=gate["message"], type="GateFailed")
             failure.text = f"gate {gate['gate']}: {gate['message']}"
+        elif result == "unreliable":
+            error = ET.SubElement(case, "error", message=gate["message"], type="GateUnreliable")
+            error.text = f"gate {gate['gate']} could not be decided (exit code 5, retry): {gate['message']}"
+        elif result == "skipped":
+            ET.SubElement(case, "skipped", message=gate.get("reason") or gate["message"])
+    out = ET.SubElement(suite, "system-out")
+    out.text = "\n".join([f"status: {status(report)}", *(f"note: {line}" for line in notes(report)),
+                          *(" | ".join(row.values()) for row in verdict_rows(report))])
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -173,18 +242,28 @@ def _md_table(rows: list[dict[str, str]]) -> list[str]:
     return lines
 
 
+_MD_MARKS = {"pass": "✅", "fail": "❌", "unreliable": "⚠️ unreliable", "skipped": "⏭️ skipped"}
+
+
 def render_markdown(report: dict[str, Any]) -> str:
-    """A summary for a pull-request comment: status, table, failing gates, details folded."""
-    failed = [g for g in report["gates"] if not g["passed"]]
-    icon = "❌" if failed else "✅"
-    lines = [f"## {icon} vitedge bench: {headline(report)}", "", settings_line(report) + ".", ""]
+    """A summary for a pull-request comment: status, verdicts, notes, table, gates, details folded."""
+    failed = [g for g in report["gates"] if outcome(g) == "fail"]
+    unreliable = [g for g in report["gates"] if outcome(g) == "unreliable"]
+    icon = "❌" if failed else "⚠️" if unreliable else "✅"
+    lines = [f"## {icon} vitedge bench: {headline(report)}", ""]
+    lines += _md_table(verdict_rows(report))
+    lines += [""] + [f"> **Note:** {line}  " for line in notes(report)] + ([""] if notes(report) else [])
+    lines += [settings_line(report) + ".", ""]
     lines += _md_table(summary_rows(report))
     if failed:
         lines += ["", "### Failed gates", ""]
         lines += [f"- `{g['gate']}`: {g['message']}" for g in failed]
+    if unreliable:
+        lines += ["", "### Unreliable gates (exit code 5: retry on a quiet machine)", ""]
+        lines += [f"- `{g['gate']}`: {g['message']}" for g in unreliable]
     if report["gates"]:
         lines += ["", f"<details><summary>All gate checks ({len(report['gates'])})</summary>", ""]
-        lines += _md_table([{"": "✅" if g["passed"] else "❌", "gate": f"`{g['gate']}`",
+        lines += _md_table([{"": _MD_MARKS[outcome(g)], "gate": f"`{g['gate']}`",
                              "check": g["message"]} for g in report["gates"]])
         lines += ["", "</details>"]
     lines += ["", "<details><summary>Drift</summary>", ""]
@@ -220,10 +299,13 @@ def latency_table(report: dict[str, Any]) -> list[dict[str, str]]:
             lat = latency_row(entry, b)
             if lat is None:
                 continue
+            ci = lat.get("speedup_p50_ci")
             rows.append({"artifact": entry["name"], "batch": str(b),
                          **{k: fmt(lat[k], 3) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms")},
+                         "p90/p50": fmt(lat.get("p90_p50"), 3), "CV": fmt(lat.get("cv"), 3),
                          "images/s": fmt(lat["throughput"], 4),
                          "speedup p50": fmt(lat.get("speedup_p50"), 3),
+                         "95% CI": f"{ci[0]:.3g}–{ci[1]:.3g}" if ci and None not in ci else "-",
                          "threads": fmt(entry["runtime"].get("threads")),
                          "streams": fmt(entry["runtime"].get("streams")),
                          "load s": fmt(entry["load_s"], 3), "RSS MB": fmt(entry["rss_mb"], 3),
@@ -236,5 +318,8 @@ def environment_line(report: dict[str, Any]) -> str:
     cpu = env["hardware"]["cpu"]
     gpus = ", ".join(g["name"] for g in env["hardware"].get("gpus", [])) or "none"
     tools = ", ".join(f"{k} {v}" for k, v in env["tools"].items() if v)
+    load = report.get("load")
+    loaded = (f" Other processes used {load['share']:.0%} of the CPU while bench timed."
+              if load is not None else "")
     return (f"<sub>CPU {cpu['model']} ({cpu['cores']} cores; {', '.join(cpu['isa']) or 'no AVX2+'}); "
-            f"GPU {gpus}; {tools}. {report['reference']['note']}</sub>")
+            f"GPU {gpus}; {tools}. {report['reference']['note']}{loaded}</sub>")
