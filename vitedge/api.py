@@ -25,14 +25,20 @@ def export(
     std: tuple[float, float, float] | None = None,
     crop_pct: float | None = None,
     interpolation: str | None = None,
+    pretrained: bool = False,
+    random_init_seed: int | None = None,
 ) -> Manifest:
-    """Load MODEL, export it to OUT_DIR/model.onnx with a manifest, and check parity."""
+    """Load MODEL, export it to OUT_DIR/model.onnx with a manifest, and check parity.
+
+    Weights come from WEIGHTS, PRETRAINED (the library's hub cache) or RANDOM_INIT_SEED
+    (recorded in the manifest; the reference is rebuilt from the seed).
+    """
     from vitedge.export import export_model
     from vitedge.models import load_model, parse_labels
 
     label_list = parse_labels(labels) if isinstance(labels, (str, Path)) else labels
     loaded = load_model(model, weights=weights, num_classes=num_classes, img_size=img_size,
-                        labels=label_list)
+                        labels=label_list, pretrained=pretrained, random_init_seed=random_init_seed)
     if any(v is not None for v in (mean, std, crop_pct, interpolation)):
         loaded.preprocessing = loaded.preprocessing.replace(
             mean=tuple(mean) if mean else None, std=tuple(std) if std else None,

@@ -63,7 +63,7 @@ def recipe_schema() -> dict[str, Any]:
         "output": _PATH,
         "model": _object({
             "spec": {"type": "string", "minLength": 1}, "weights": _PATH,
-            "random_init_seed": {"type": "integer", "minimum": 0},
+            "random_init_seed": {"type": "integer", "minimum": 0}, "pretrained": {"type": "boolean"},
             "num_classes": _POSITIVE, "img_size": {"type": "integer", "minimum": 8},
             "labels": _PATH,
         }, ("spec",)),
@@ -234,9 +234,13 @@ def _validate(data: dict[str, Any], path: Path) -> None:
         if target["precision"] == "int8" and not data.get("calibration", {}).get("data"):
             raise BadInput(f"recipe {path}: {where} is int8 and needs calibration.data (an image folder)")
     model = data["model"]
-    if model["spec"].split(":")[0] in ("timm", "torchvision") and not model.get("weights") \
-            and model.get("random_init_seed") is None:
+    chosen = [k for k, on in (("weights", model.get("weights") is not None), ("pretrained", model.get("pretrained")),
+                              ("random_init_seed", model.get("random_init_seed") is not None)) if on]
+    if len(chosen) > 1:
+        raise BadInput(f"recipe {path}: model.{' and model.'.join(chosen)} exclude each other")
+    if model["spec"].split(":")[0] in ("timm", "torchvision") and not chosen:
         raise BadInput(f"recipe {path}: {model['spec']} has no weights: set model.weights to a state dict, "
+                       "model.pretrained: true (the library's pretrained weights, from the hub cache), "
                        "or model.random_init_seed for a seeded random init (speed comparisons only)")
     for key in PATH_KEYS:
         for found in (k for k in _walk(data) if _matches(k, key) and key != ("output",)):
@@ -352,22 +356,6 @@ def _step(state: StepState, step: str, input_hash: str, output_ok: Callable[[], 
     ui.info(f"{label}: done in {time.perf_counter() - start:.1f} s")
 
 
-def _random_weights(spec: str, seed: int, num_classes: int | None, img_size: int | None, out: Path) -> None:
-    """A seeded random init saved as safetensors, so the export and the reference share weights."""
-    import torch
-    from safetensors.torch import save_file
-
-    from vitedge.models import load_model
-
-    torch.manual_seed(seed)
-    loaded = load_model(spec, num_classes=num_classes, img_size=img_size)
-    state = {k: v.detach().contiguous() for k, v in loaded.module.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(state, str(tmp))
-    tmp.replace(out)
-
-
 def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
                overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Run RECIPE: the steps whose inputs changed, then bench with gates; return the report."""
@@ -384,20 +372,11 @@ def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
     model, export_opts = recipe["model"], recipe.get("export", {})
     bench, calibration = recipe["bench"], recipe.get("calibration", {})
     targets = recipe["targets"]
-    random_init = model.get("weights") is None and model.get("random_init_seed") is not None
-    counter = {"n": 0, "skipped": 0, "total": 2 + len(targets) + random_init}
+    counter = {"n": 0, "skipped": 0, "total": 2 + len(targets)}
     ui.info(f"recipe {recipe['name']} -> {out}")
 
     weights = model.get("weights")
-    if random_init:
-        seed = model["random_init_seed"]
-        weights_file = out / "weights" / f"random-seed{seed}.safetensors"
-        inputs = {"spec": model["spec"], "seed": seed, "num_classes": model.get("num_classes"),
-                  "img_size": model.get("img_size"), "tools": _tool_versions("torch", "timm", "torchvision")}
-        _step(state, "weights", sha256_json(inputs), weights_file.is_file,
-              lambda: _random_weights(model["spec"], seed, model.get("num_classes"), model.get("img_size"),
-                                      weights_file), counter)
-        weights = str(weights_file)
+    seed, pretrained = model.get("random_init_seed"), bool(model.get("pretrained"))
 
     export_dir = out / "export"
     parity_data = export_opts.get("data", bench["data"])
@@ -407,11 +386,15 @@ def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
         "labels_sha256": sha256_file(model["labels"]) if model.get("labels") else None,
         "opset": export_opts.get("opset", 18), "batch": export_opts.get("batch", "dynamic"),
         "atol": export_opts.get("atol", 1e-3), "data": tree_hash(parity_data), "vitedge": __version__,
+        # a seeded init (or a pretrained tag) is only reproducible with the same libraries
+        "random_init_seed": seed, "pretrained": pretrained,
+        "tools": _tool_versions("torch", "timm", "torchvision") if seed is not None or pretrained else None,
     }
     _step(state, "export", sha256_json(export_inputs), _artifact_ok(export_dir), lambda: api.export(
         model["spec"], export_dir, weights=weights, num_classes=model.get("num_classes"),
         img_size=model.get("img_size"), opset=export_inputs["opset"], batch=export_inputs["batch"],
-        data=parity_data, labels=model.get("labels"), atol=export_inputs["atol"]), counter)
+        data=parity_data, labels=model.get("labels"), atol=export_inputs["atol"],
+        pretrained=pretrained, random_init_seed=seed), counter)
 
     export_files = Manifest.load(export_dir).get("files", {})
     calib_hash = tree_hash(calibration["data"]) if calibration.get("data") else None
