@@ -263,7 +263,9 @@ class OpenVINOBackend(Backend):
                 ui.warn("this CPU has no INT8 dot-product instructions (VNNI/AMX): OpenVINO runs INT8 through "
                         "a generic fallback that is often slower than its FP32 here; bench it against "
                         "--precision fp32 (gate `faster(openvino-int8, openvino-fp32)`) before you ship it")
-            ov_model, ignored, details = self._quantize(ov_model, onnx_modules, options)
+            from vitedge.precision.scheme import scheme_for_file
+
+            ov_model, ignored, details = self._quantize(ov_model, onnx_modules, options, scheme_for_file(source))
         ov.save_model(ov_model, str(out_dir / MODEL_XML), compress_to_fp16=options.precision == "fp16")
         core = ov.Core()
         capabilities = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -294,7 +296,7 @@ class OpenVINOBackend(Backend):
         return manifest
 
     def _quantize(self, ov_model: Any, onnx_modules: dict[str, str | None],
-                  options: CompileOptions) -> tuple[Any, set[str], dict[str, Any]]:
+                  options: CompileOptions, scheme: Any) -> tuple[Any, set[str], dict[str, Any]]:
         """nncf.quantize (or quantize_with_accuracy_control with --max-drop) on the ov.Model.
 
         Returns the quantized model, the op names --ignored-scope matched, and what to record.
@@ -319,11 +321,16 @@ class OpenVINOBackend(Backend):
         if _NNCF_RANGES[method]:
             advanced.activations_range_estimator_params = getattr(RangeEstimatorParametersSet,
                                                                   _NNCF_RANGES[method])
-        kwargs: dict[str, Any] = dict(subset_size=len(x), model_type=nncf.ModelType.TRANSFORMER,
-                                      ignored_scope=ignored_scope)
-        max_drop = options.extra.get("max_drop")
+        from vitedge.precision.scheme import accuracy_control_drop
+
+        advanced = scheme.apply_to(advanced)  # the scheme for this graph's kind (precision/scheme.py)
+        kwargs: dict[str, Any] = dict(subset_size=len(x), ignored_scope=ignored_scope, **scheme.nncf_kwargs())
+        max_drop = accuracy_control_drop(options.extra.get("max_drop"), options.validation)
         details: dict[str, Any] = {"weights": "int8 per-channel symmetric", "quantizer": "nncf",
-                                   "model_type": "TRANSFORMER", "range_estimator": method,
+                                   "model_type": scheme.model_type or "CNN (NNCF default)",
+                                   "int8_scheme": scheme.to_dict(),
+                                   "range_estimator": (method if _NNCF_RANGES[method]
+                                                       else scheme.range_estimator or method),
                                    "ignored_scope": list(options.extra.get("ignored_scope") or []),
                                    "max_drop": max_drop}
         try:
