@@ -11,9 +11,15 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+
+def _size(pixels: int) -> dict[str, Any]:
+    """For models without an img_size argument: the input size their preprocessing declares."""
+    return {"pretrained_cfg_overlay": {"input_size": (3, pixels, pixels)}}
+
+
 # family -> (timm architecture, reduced-size kwargs)
 FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
-    "vit_224": ("vit_tiny_patch16_224", {"depth": 2}),
+    "vit_224": ("vit_tiny_patch16_224", {"depth": 1}),
     "vit_384": ("vit_tiny_patch16_384", {"depth": 1}),
     "deit_distilled": ("deit_tiny_distilled_patch16_224", {"depth": 2, "img_size": 64}),
     "vit_registers": ("vit_little_patch16_reg4_gap_256", {"depth": 2, "img_size": 64}),
@@ -21,13 +27,13 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "beit": ("beit_base_patch16_224", {"depth": 1, "embed_dim": 64, "num_heads": 2, "img_size": 64}),
     "beitv2": ("beitv2_base_patch16_224", {"depth": 1, "embed_dim": 64, "num_heads": 2, "img_size": 64}),
     "swin": ("swin_tiny_patch4_window7_224",
-             {"depths": (1, 1, 1, 1), "embed_dim": 32, "num_heads": (1, 2, 4, 8)}),
-    "levit": ("levit_128s", {"depth": (1, 1, 1)}),
-    "fastvit": ("fastvit_t8", {"layers": (1, 1, 1, 1)}),
-    "efficientvit": ("efficientvit_m0", {"depth": (1, 1, 1)}),
-    "pvt_v2": ("pvt_v2_b0", {"depths": (1, 1, 1, 1)}),
-    "efficientformer": ("efficientformer_l1", {"depths": (1, 1, 1, 2), "num_vit": 1}),
-    "efficientformerv2": ("efficientformerv2_s0", {"depths": (1, 1, 2, 2)}),
+             {"depths": (1, 1, 1), "embed_dim": 32, "num_heads": (1, 2, 4), "img_size": 112}),
+    "levit": ("levit_128s", {"depth": (1, 1, 1), "img_size": 128, **_size(128)}),
+    "fastvit": ("fastvit_t8", {"layers": (1, 1, 1, 1), **_size(128)}),
+    "efficientvit": ("efficientvit_m0", {"depth": (1, 1, 1), "img_size": 128, **_size(128)}),
+    "pvt_v2": ("pvt_v2_b0", {"depths": (1, 1, 1, 1), **_size(128)}),
+    "efficientformer": ("efficientformer_l1", {"depths": (1, 1, 1, 2), "num_vit": 1}),  # 7x7 attention biases
+    "efficientformerv2": ("efficientformerv2_s0", {"depths": (1, 1, 2, 2), "img_size": 128, **_size(128)}),
 }
 
 
@@ -44,3 +50,35 @@ def __getattr__(name: str) -> Any:
     if name in FAMILIES:
         return functools.partial(build, name)
     raise AttributeError(name)
+
+
+def torchvision_swin(num_classes: int = 10) -> Any:
+    """torchvision's Swin (the class behind `torchvision:swin_t`) with one block per stage."""
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    return SwinTransformer(patch_size=[4, 4], embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8],
+                           window_size=[7, 7], num_classes=num_classes)
+
+
+def save_hf_classifier(kind: str, folder: Any) -> Any:
+    """A tiny transformers ViT / Swin / BEiT image classifier from its config, saved to FOLDER."""
+    import transformers
+
+    labels = {i: f"class_{i}" for i in range(3)}
+    common = dict(image_size=32, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()})
+    if kind == "vit":
+        config = transformers.ViTConfig(patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=64, **common)
+        model = transformers.ViTForImageClassification(config)
+    elif kind == "swin":
+        config = transformers.SwinConfig(patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4,
+                                         **common)
+        model = transformers.SwinForImageClassification(config)
+    elif kind == "beit":
+        config = transformers.BeitConfig(patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64, use_relative_position_bias=True, **common)
+        model = transformers.BeitForImageClassification(config)
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(folder)
+    return folder

@@ -19,7 +19,7 @@ timm models (random init, 64 digit images, rel = |INT8 - FP32| / |FP32| of logit
 and with min/max activation ranges (`range_estimator`) on top of the chosen column:
 ViT 0.022, Swin 0.041, LeViT 0.032, EfficientViT 0.025, FastViT 0.158.
 
-Hence four kinds, read from the ONNX graph (op types) and the exporter's module metadata:
+Hence four kinds, checked in this order, read from the ONNX graph (op types) and the exporter's module metadata:
 `transformer` (attention + LayerNorm, one patch-embedding conv): TRANSFORMER with SmoothQuant;
 `windowed` (window attention: Swin-style): TRANSFORMER without SmoothQuant;
 `hybrid` (convolutions besides the patch embedding, LayerNorm or plain-conv attention:
@@ -101,15 +101,15 @@ def choose_scheme(model: onnx.ModelProto) -> Int8Scheme:
     """The INT8 scheme for MODEL (an exported FP32 ONNX graph)."""
     facts = graph_facts(model)
     convs_beyond_stem = facts["conv"] > 1
+    if facts["depthwise_conv"] and facts["batchnorm"] and not facts["layernorm"]:
+        return Int8Scheme("convolutional", None, False,
+                          "depthwise convs + BatchNorm, no LayerNorm: NNCF's default (CNN) scheme", facts)
     if facts["window_attention"]:
         return Int8Scheme("windowed", "TRANSFORMER", False,
                           "window attention: SmoothQuant off (it broke Swin INT8: rel 0.28 vs 0.06)", facts)
     if not convs_beyond_stem and facts["softmax"]:
         return Int8Scheme("transformer", "TRANSFORMER", True,
                           "plain transformer: NNCF TRANSFORMER scheme with SmoothQuant", facts)
-    if facts["depthwise_conv"] and facts["batchnorm"] and not facts["layernorm"]:
-        return Int8Scheme("convolutional", None, False,
-                          "depthwise convs + BatchNorm, no LayerNorm: NNCF's default (CNN) scheme", facts)
     return Int8Scheme("hybrid", "TRANSFORMER", False,
                       "conv/attention hybrid: TRANSFORMER scheme, SmoothQuant off (it broke LeViT/PVT-v2)", facts)
 
