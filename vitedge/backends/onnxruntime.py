@@ -121,10 +121,13 @@ class OnnxRuntimeBackend(Backend):
             scope = IgnoredScope.parse(options.extra.get("ignored_scope"))
             excluded = scope.select(onnx.load(str(source), load_external_data=False)) if scope else []
             quantize_attention = bool(options.extra.get("quantize_attention"))
-            plan = quantize_qdq(source, target, options.calibration.x,
-                                method=options.calib_method or self.default_calib_method,
-                                exclude_nodes=excluded, quantize_attention_matmuls=quantize_attention)
-            details = {"format": "QDQ", "activations": "int8 symmetric per-tensor",
+            from vitedge.precision.smoothquant import migrated
+
+            with migrated(source, options.calibration.x) as (smoothed, smoothquant):  # outliers -> weights
+                plan = quantize_qdq(smoothed, target, options.calibration.x,
+                                    method=options.calib_method or self.default_calib_method,
+                                    exclude_nodes=excluded, quantize_attention_matmuls=quantize_attention)
+            details = {"format": "QDQ", "activations": "int8 symmetric per-tensor", "smoothquant": smoothquant,
                        "weights": "int8 symmetric per-channel", "bias": "float",
                        "quantized_op_types": ["Conv", "MatMul", "Gemm"],
                        "attention_matmuls": "int8" if quantize_attention else "float",

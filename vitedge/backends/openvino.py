@@ -250,11 +250,18 @@ class OpenVINOBackend(Backend):
         """IR from the exported ONNX; INT8 through NNCF (TRANSFORMER: SmoothQuant, float LayerNorm)."""
         ov = _ov()
         source = artifact_path(export_dir, manifest)
-        with ui.Step("converting ONNX to OpenVINO IR"):
-            try:
-                ov_model = ov.convert_model(str(source))
-            except Exception as exc:  # noqa: BLE001 - the frontend raises generic errors
-                raise CompileFailed(f"OpenVINO could not convert {source}: {exc}") from exc
+        from vitedge.precision.smoothquant import migrated
+
+        with contextlib.ExitStack() as stack:
+            if options.precision == "int8" and options.calibration is not None:  # outliers -> weights
+                source_graph, smoothquant = stack.enter_context(migrated(source, options.calibration.x))
+            else:
+                source_graph, smoothquant = source, None
+            with ui.Step("converting ONNX to OpenVINO IR"):
+                try:
+                    ov_model = ov.convert_model(str(source_graph))
+                except Exception as exc:  # noqa: BLE001 - the frontend raises generic errors
+                    raise CompileFailed(f"OpenVINO could not convert {source}: {exc}") from exc
         onnx_modules = _module_map(source)
         ignored: set[str] = set()
         details: dict[str, Any] = {"weights": "fp16" if options.precision == "fp16" else "fp32"}
@@ -266,6 +273,7 @@ class OpenVINOBackend(Backend):
             from vitedge.precision.scheme import scheme_for_file
 
             ov_model, ignored, details = self._quantize(ov_model, onnx_modules, options, scheme_for_file(source))
+            details["smoothquant"] = smoothquant
         ov.save_model(ov_model, str(out_dir / MODEL_XML), compress_to_fp16=options.precision == "fp16")
         core = ov.Core()
         capabilities = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))

@@ -460,9 +460,12 @@ def _quantize(export_onnx: Path, options: CompileOptions, calibration: np.ndarra
     method = options.calib_method or TensorRTBackend.default_calib_method
     with tempfile.TemporaryDirectory(prefix="vitedge-trt-int8-") as tmp:
         out = Path(tmp) / "int8.onnx"
-        nodes = quantize_qdq(export_onnx, out, calibration, method="minmax" if method == "max" else method,
-                             exclude_nodes=keep,
-                             quantize_attention_matmuls=bool(options.extra.get("quantize_attention")))
+        from vitedge.precision.smoothquant import migrated
+
+        with migrated(export_onnx, calibration) as (smoothed, _):  # activation outliers -> per-channel weights
+            nodes = quantize_qdq(smoothed, out, calibration, method="minmax" if method == "max" else method,
+                                 exclude_nodes=keep,
+                                 quantize_attention_matmuls=bool(options.extra.get("quantize_attention")))
         return onnx.load(str(out)), nodes
 
 

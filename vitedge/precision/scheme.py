@@ -19,13 +19,19 @@ timm models (random init, 64 digit images, rel = |INT8 - FP32| / |FP32| of logit
 and with min/max activation ranges (`range_estimator`) on top of the chosen column:
 ViT 0.022, Swin 0.041, LeViT 0.032, EfficientViT 0.025, FastViT 0.158.
 
-Hence four kinds, checked in this order, read from the ONNX graph (op types) and the exporter's module metadata:
-`transformer` (attention + LayerNorm, one patch-embedding conv): TRANSFORMER with SmoothQuant;
-`windowed` (window attention: Swin-style): TRANSFORMER without SmoothQuant;
-`hybrid` (convolutions besides the patch embedding, LayerNorm or plain-conv attention:
-LeViT, PVT-v2, EfficientFormer): TRANSFORMER without SmoothQuant;
+With min/max activation ranges (`range_estimator`) on top: ViT 0.022, Swin 0.041, LeViT 0.032,
+EfficientViT 0.025, FastViT 0.123; EVA-02 0.029 -> 0.017 and BEiT-v2 0.028 -> 0.015 without
+NNCF's SmoothQuant. NNCF's SmoothQuant is therefore off for every kind: vitedge migrates
+activation outliers itself, only where a LayerNorm output has them (precision/smoothquant.py,
+applied before NNCF as before the ONNX Runtime / TensorRT quantizer).
+
+Four kinds, checked in this order, from the ONNX graph (op types) and the exporter's module
+metadata (class names):
 `convolutional` (depthwise convs + BatchNorm, no LayerNorm: EfficientViT-M, FastViT):
-NNCF's default (CNN) scheme, which also quantizes the elementwise ops between the convs.
+NNCF's default (CNN) scheme, which also quantizes the elementwise ops between the convs;
+`windowed` (window attention: Swin-style): TRANSFORMER;
+`transformer` (attention, one patch-embedding conv: ViT, DeiT, EVA-02, BEiT): TRANSFORMER;
+`hybrid` (convolutions besides the patch embedding: LeViT, PVT-v2, EfficientFormer): TRANSFORMER.
 """
 
 from __future__ import annotations
@@ -108,8 +114,9 @@ def choose_scheme(model: onnx.ModelProto) -> Int8Scheme:
         return Int8Scheme("windowed", "TRANSFORMER", False,
                           "window attention: SmoothQuant off (it broke Swin INT8: rel 0.28 vs 0.06)", facts)
     if not convs_beyond_stem and facts["softmax"]:
-        return Int8Scheme("transformer", "TRANSFORMER", True,
-                          "plain transformer: NNCF TRANSFORMER scheme with SmoothQuant", facts)
+        return Int8Scheme("transformer", "TRANSFORMER", False,
+                          "plain transformer: NNCF TRANSFORMER scheme; activation outliers are migrated "
+                          "where present by vitedge's SmoothQuant (precision/smoothquant.py)", facts)
     return Int8Scheme("hybrid", "TRANSFORMER", False,
                       "conv/attention hybrid: TRANSFORMER scheme, SmoothQuant off (it broke LeViT/PVT-v2)", facts)
 
