@@ -2,7 +2,7 @@
 # Peak resident memory (`/usr/bin/time -v`, "Maximum resident set size") of export and of every
 # calibrated compile target for ViT-B/16 at 384 px (seeded random init: memory does not depend on
 # the weights' values), with N calibration images (default 500; the digit images, resized).
-#   scripts/memory_vitb384.sh [N] [WORKDIR]
+#   [TARGETS="onnxruntime:int8 ..."] scripts/memory_vitb384.sh [N] [WORKDIR]
 set -euo pipefail
 N=${1:-500}
 WORK=${2:-$(mktemp -d -t vitedge-mem-XXXX)}
@@ -18,7 +18,7 @@ measure() {  # label, command...
 echo "| step | calibration images | peak RSS | wall |"
 echo "|---|---|---|---|"
 [ -d "$WORK/export" ] || measure export python -m vitedge --quiet export timm:vit_base_patch16_384 --random-init 0 -o "$WORK/export"
-for tp in openvino:int8 onnxruntime:int8 tensorrt:fp16 tensorrt:int8; do
+for tp in ${TARGETS:-openvino:int8 onnxruntime:int8 tensorrt:fp16 tensorrt:int8}; do
   target=${tp%:*}; precision=${tp#*:}
   rm -rf "$WORK/$target-$precision"
   measure "$target-$precision" python -m vitedge --quiet compile "$WORK/export" --target "$target" \

@@ -122,11 +122,13 @@ class OnnxRuntimeBackend(Backend):
             excluded = scope.select(onnx.load(str(source), load_external_data=False)) if scope else []
             quantize_attention = bool(options.extra.get("quantize_attention"))
             from vitedge.precision.smoothquant import migrated
+            from vitedge.precision.stats import calibration_batch_size
 
             with migrated(source, options.calibration.x) as (smoothed, smoothquant):  # outliers -> weights
                 plan = quantize_qdq(smoothed, target, options.calibration.x,
                                     method=options.calib_method or self.default_calib_method,
-                                    exclude_nodes=excluded, quantize_attention_matmuls=quantize_attention)
+                                    exclude_nodes=excluded, quantize_attention_matmuls=quantize_attention,
+                                    batch_size=calibration_batch_size(smoothed))  # bounded memory
             details = {"format": "QDQ", "activations": "int8 symmetric per-tensor", "smoothquant": smoothquant,
                        "weights": "int8 symmetric per-channel", "bias": "float",
                        "quantized_op_types": ["Conv", "MatMul", "Gemm"],

@@ -461,11 +461,13 @@ def _quantize(export_onnx: Path, options: CompileOptions, calibration: np.ndarra
     with tempfile.TemporaryDirectory(prefix="vitedge-trt-int8-") as tmp:
         out = Path(tmp) / "int8.onnx"
         from vitedge.precision.smoothquant import migrated
+        from vitedge.precision.stats import calibration_batch_size
 
         with migrated(export_onnx, calibration) as (smoothed, _):  # activation outliers -> per-channel weights
             nodes = quantize_qdq(smoothed, out, calibration, method="minmax" if method == "max" else method,
                                  exclude_nodes=keep,
-                                 quantize_attention_matmuls=bool(options.extra.get("quantize_attention")))
+                                 quantize_attention_matmuls=bool(options.extra.get("quantize_attention")),
+                                 batch_size=calibration_batch_size(smoothed))  # bounded memory
         return onnx.load(str(out)), nodes
 
 
