@@ -34,8 +34,13 @@ def export(
     crop_pct: float | None = None,
     interpolation: str | None = None,
     force: bool = False,
+    pretrained: bool = False,
+    random_init_seed: int | None = None,
 ) -> Manifest:
     """Load MODEL, export it to OUT_DIR/model.onnx with a manifest, and check parity.
+
+    Weights come from WEIGHTS, PRETRAINED (the library's hub cache) or RANDOM_INIT_SEED
+    (recorded in the manifest; the reference is rebuilt from the seed).
 
     Every flag and the output dir are checked before the model is loaded; OUT_DIR is locked
     against a second vitedge process for the whole export.
@@ -63,7 +68,7 @@ def export(
     label_list = parse_labels(labels) if isinstance(labels, (str, Path)) else labels
     with output_lock(out_dir):
         loaded = load_model(model, weights=weights, num_classes=num_classes, img_size=img_size,
-                            labels=label_list)
+                            labels=label_list, pretrained=pretrained, random_init_seed=random_init_seed)
         if any(v is not None for v in (mean, std, crop_pct, interpolation)):
             loaded.preprocessing = loaded.preprocessing.override(mean=mean, std=std, crop_pct=crop_pct,
                                                                  interpolation=interpolation)

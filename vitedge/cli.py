@@ -66,6 +66,10 @@ def export(
                                                "file.pt (TorchScript) | package.module:factory | demo:digits")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output artifact directory.")],
     weights: Annotated[Path | None, typer.Option(help="State dict: .safetensors, .pth, .pt, .bin.")] = None,
+    pretrained: Annotated[bool, typer.Option(
+        "--pretrained", help="The library's pretrained weights (timm/torchvision/hf, from the hub cache).")] = False,
+    random_init: Annotated[int | None, typer.Option(
+        "--random-init", metavar="SEED", help="Seeded random weights: speed/shape work only.")] = None,
     num_classes: Annotated[int | None, typer.Option(help="Classes of the head (default: from weights).")] = None,
     img_size: Annotated[int | None, typer.Option(help="Input size; timm resizes position embeddings.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17 for fused LayerNormalization).")] = 18,
@@ -91,7 +95,7 @@ def export(
         model, out, weights=weights, num_classes=num_classes, img_size=img_size, opset=opset,
         batch=batch if batch == "dynamic" else int(batch), data=data, labels=labels, atol=atol,
         mean=_floats3(mean, "--mean"), std=_floats3(std, "--std"), crop_pct=crop_pct,
-        interpolation=interpolation, force=force,
+        interpolation=interpolation, force=force, pretrained=pretrained, random_init_seed=random_init,
     )
     print_export_summary(manifest, out)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,13 @@ def torch_logits(module: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray
 
 
 def _export_onnx(loaded: LoadedModel, path: Path, opset: int, batch: int | None) -> str:
-    """Run the torch exporter; returns which exporter was used."""
+    """Run the torch exporter, falling back when it fails; returns which exporter was used.
+
+    Attempts, in order: torch.export + dynamo (the default); dynamo again with timm's fused
+    attention switched to its explicit q@kT/softmax/@v form (the decomposition fix for e.g.
+    BEiT, whose SDPA output cannot be `view`ed under a symbolic batch: "Failed to decompose the
+    FX graph"); the TorchScript exporter. ExportFailed names every attempt's error.
+    """
     import torch
 
     h, w = loaded.preprocessing.input_size
@@ -45,22 +55,90 @@ def _export_onnx(loaded: LoadedModel, path: Path, opset: int, batch: int | None)
     n_params = sum(p.numel() for p in loaded.module.parameters()) if hasattr(loaded.module, "parameters") else 0
     external = n_params * 4 > EXTERNAL_DATA_BYTES
     dynamic = batch is None and loaded.static_batch is None
-    if loaded.exporter == "torchscript":
+
+    def torchscript() -> None:
         torch.onnx.export(
             loaded.module, (x,), str(path), dynamo=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None,
         )
+
+    if loaded.exporter == "torchscript":
+        torchscript()
         return "torchscript"
     target = loaded.details.get("export_target", loaded.module)
     kwargs: dict[str, Any] = {}
     if dynamic and target is loaded.module:
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
-    torch.onnx.export(
-        target, (x,), str(path), dynamo=True, opset_version=opset, external_data=external,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False, **kwargs,
-    )
-    return "dynamo"
+
+    def dynamo() -> None:
+        torch.onnx.export(
+            target, (x,), str(path), dynamo=True, opset_version=opset, external_data=external,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False, **kwargs,
+        )
+
+    def dynamo_unfused() -> None:
+        with _unfused_attention(loaded.module):
+            dynamo()
+
+    attempts = [("dynamo", dynamo)]
+    if target is loaded.module:  # a .pt2 program is already traced: nothing else to try
+        if _fused_attention_modules(loaded.module):
+            attempts.append(("dynamo (unfused attention)", dynamo_unfused))
+        attempts.append(("torchscript", torchscript))
+    failures: list[str] = []
+    last: BaseException | None = None
+    for name, attempt in attempts:
+        try:
+            with _exporter_quiet():
+                attempt()
+        except Exception as exc:  # noqa: BLE001 - exporter errors are many and deep
+            failures.append(f"{name}: {_export_error_line(exc)}")
+            last = exc
+            path.unlink(missing_ok=True)
+            if len(failures) < len(attempts):
+                ui.warn(f"the {name} exporter failed ({_export_error_line(exc)}); trying {attempts[len(failures)][0]}")
+            continue
+        return name
+    raise ExportFailed(f"every ONNX exporter failed for {loaded.spec}: {'; '.join(failures)} "
+                       "(run with --debug for the tracebacks; a .pt2 or TorchScript file of the model "
+                       "may export where the eager module does not)") from last
+
+
+def _fused_attention_modules(module: Any) -> list[Any]:
+    """timm attention blocks that call F.scaled_dot_product_attention (`fused_attn` is True)."""
+    modules = getattr(module, "modules", None)
+    return [m for m in modules() if getattr(m, "fused_attn", None) is True] if modules else []
+
+
+@contextlib.contextmanager
+def _unfused_attention(module: Any) -> Iterator[None]:
+    """timm's explicit attention (same function, no SDPA) while exporting; restored after."""
+    switched = _fused_attention_modules(module)
+    for m in switched:
+        m.fused_attn = False
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.fused_attn = True
+
+
+@contextlib.contextmanager
+def _exporter_quiet() -> Iterator[None]:
+    """The dynamo exporter prints its steps (and emoji) on stdout; vitedge shows its own step."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _export_error_line(exc: BaseException) -> str:
+    """The exporter's own summary line (e.g. the ValueError under a ConversionError)."""
+    cause = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = str(cause).strip() or str(exc).strip()
+    first = re.sub(r"\x1b\[[0-9;]*m", "", text.splitlines()[0]) if text else type(exc).__name__
+    return first if len(first) <= 160 else first[:157] + "..."
 
 
 def check_onnx(path: Path) -> dict[str, Any]:
@@ -126,14 +204,7 @@ def export_model(loaded: LoadedModel, out_dir: str | Path, *, opset: int = 18,
         onnx_path = tmp / "model.onnx"
         start = time.perf_counter()
         with ui.Step(f"exporting {loaded.spec} to ONNX (opset {opset})"):
-            try:
-                exporter = _export_onnx(loaded, onnx_path, opset, fixed_batch)
-            except BadInput:
-                raise
-            except Exception as exc:  # noqa: BLE001 - exporter errors are many and deep
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ExportFailed(f"torch.onnx.export failed for {loaded.spec}: {first} "
-                                   "(run with --debug for the traceback)") from exc
+            exporter = _export_onnx(loaded, onnx_path, opset, fixed_batch)
         export_s = time.perf_counter() - start
         facts = check_onnx(onnx_path)
         if facts["layernorm_decomposed"]:

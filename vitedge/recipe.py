@@ -15,7 +15,6 @@ import datetime as _dt
 import difflib
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,9 +26,7 @@ import yaml
 from vitedge import __version__, ui
 from vitedge.errors import BadInput, VitedgeError
 from vitedge.fsutil import (
-    TMP_MARK,
     check_output_dir,
-    clean_stale,
     output_lock,
     sha256_file,
     sha256_json,
@@ -87,7 +84,7 @@ def recipe_schema() -> dict[str, Any]:
         "output": _PATH,
         "model": _object({
             "spec": {"type": "string", "minLength": 1}, "weights": _PATH,
-            "random_init_seed": {"type": "integer", "minimum": 0},
+            "random_init_seed": {"type": "integer", "minimum": 0}, "pretrained": {"type": "boolean"},
             "num_classes": _POSITIVE, "img_size": {"type": "integer", "minimum": 8},
             "labels": _PATH,
             "preprocessing": _object({  # overrides of what the model source declares
@@ -312,9 +309,13 @@ def _validate(data: dict[str, Any], path: Path) -> None:
         except BadInput as exc:
             raise BadInput(f"recipe {path}: {where}.options: {exc}") from exc
     model = data["model"]
-    if model["spec"].split(":")[0] in ("timm", "torchvision") and not model.get("weights") \
-            and model.get("random_init_seed") is None:
+    chosen = [k for k, on in (("weights", model.get("weights") is not None), ("pretrained", model.get("pretrained")),
+                              ("random_init_seed", model.get("random_init_seed") is not None)) if on]
+    if len(chosen) > 1:
+        raise BadInput(f"recipe {path}: model.{' and model.'.join(chosen)} exclude each other")
+    if model["spec"].split(":")[0] in ("timm", "torchvision") and not chosen:
         raise BadInput(f"recipe {path}: {model['spec']} has no weights: set model.weights to a state dict, "
+                       "model.pretrained: true (the library's pretrained weights, from the hub cache), "
                        "or model.random_init_seed for a seeded random init (speed comparisons only)")
     for key in PATH_KEYS:
         for found in (k for k in _walk(data) if _matches(k, key) and key != ("output",)):
@@ -429,26 +430,6 @@ def _step(state: StepState, step: str, input_hash: str, output_ok: Callable[[], 
     ui.info(f"{label}: done in {time.perf_counter() - start:.1f} s")
 
 
-def _random_weights(spec: str, seed: int, num_classes: int | None, img_size: int | None, out: Path) -> None:
-    """A seeded random init saved as safetensors, so the export and the reference share weights."""
-    import torch
-    from safetensors.torch import save_file
-
-    from vitedge.models import load_model
-
-    torch.manual_seed(seed)
-    loaded = load_model(spec, num_classes=num_classes, img_size=img_size)
-    state = {k: v.detach().contiguous() for k, v in loaded.module.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(out)
-    tmp = out.with_name(f".{out.name}{TMP_MARK}{os.getpid()}")
-    try:
-        save_file(state, str(tmp))
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _target_name(target: dict[str, Any]) -> str:
     return target.get("name") or f"{target['target']}-{target['precision']}"
 
@@ -499,20 +480,11 @@ def _run_steps(recipe: dict[str, Any], out: Path, force: bool) -> dict[str, Any]
     model, export_opts = recipe["model"], recipe.get("export", {})
     bench, calibration = recipe["bench"], recipe.get("calibration", {})
     targets = recipe["targets"]
-    random_init = model.get("weights") is None and model.get("random_init_seed") is not None
-    counter = {"n": 0, "skipped": 0, "total": 2 + len(targets) + random_init}
+    counter = {"n": 0, "skipped": 0, "total": 2 + len(targets)}
     ui.info(f"recipe {recipe['name']} -> {out}")
 
     weights = model.get("weights")
-    if random_init:
-        seed = model["random_init_seed"]
-        weights_file = out / "weights" / f"random-seed{seed}.safetensors"
-        inputs = {"spec": model["spec"], "seed": seed, "num_classes": model.get("num_classes"),
-                  "img_size": model.get("img_size"), "tools": _tool_versions("torch", "timm", "torchvision")}
-        _step(state, "weights", sha256_json(inputs), weights_file.is_file,
-              lambda: _random_weights(model["spec"], seed, model.get("num_classes"), model.get("img_size"),
-                                      weights_file), counter)
-        weights = str(weights_file)
+    seed, pretrained = model.get("random_init_seed"), bool(model.get("pretrained"))
 
     export_dir = out / "export"
     parity_data = export_opts.get("data", bench["data"])
@@ -523,6 +495,9 @@ def _run_steps(recipe: dict[str, Any], out: Path, force: bool) -> dict[str, Any]
         "opset": export_opts.get("opset", 18), "batch": export_opts.get("batch", "dynamic"),
         "atol": export_opts.get("atol", 1e-3), "data": tree_hash(parity_data), "vitedge": __version__,
         "preprocessing": model.get("preprocessing"),
+        # a seeded init (or a pretrained tag) is only reproducible with the same libraries
+        "random_init_seed": seed, "pretrained": pretrained,
+        "tools": _tool_versions("torch", "timm", "torchvision") if seed is not None or pretrained else None,
     }
     overrides = model.get("preprocessing", {})
     _step(state, "export", sha256_json(export_inputs), _artifact_ok(export_dir), lambda: api.export(
@@ -530,7 +505,7 @@ def _run_steps(recipe: dict[str, Any], out: Path, force: bool) -> dict[str, Any]
         img_size=model.get("img_size"), opset=export_inputs["opset"], batch=export_inputs["batch"],
         data=parity_data, labels=model.get("labels"), atol=export_inputs["atol"], mean=overrides.get("mean"),
         std=overrides.get("std"), crop_pct=overrides.get("crop_pct"), interpolation=overrides.get("interpolation"),
-        force=force), counter)
+        pretrained=pretrained, random_init_seed=seed, force=force), counter)
 
     export_files = Manifest.load(export_dir).get("files", {})
     calib_hash = tree_hash(calibration["data"]) if calibration.get("data") else None

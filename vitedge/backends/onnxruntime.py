@@ -108,10 +108,15 @@ class OnnxRuntimeBackend(Backend):
             scope = IgnoredScope.parse(opts.ignored_scope)
             excluded = scope.select(onnx.load(str(source), load_external_data=False)) if scope else []
             quantize_attention = opts.quantize_attention
-            plan = quantize_qdq(source, target, request.calibration.x,
-                                method=request.calib_method or self.default_calib_method,
-                                exclude_nodes=excluded, quantize_attention_matmuls=quantize_attention)
-            details = {"format": "QDQ", "activations": "int8 symmetric per-tensor",
+            from vitedge.precision.smoothquant import migrated
+            from vitedge.precision.stats import calibration_batch_size
+
+            with migrated(source, request.calibration.x) as (smoothed, smoothquant):  # outliers -> weights
+                plan = quantize_qdq(smoothed, target, request.calibration.x,
+                                    method=request.calib_method or self.default_calib_method,
+                                    exclude_nodes=excluded, quantize_attention_matmuls=quantize_attention,
+                                    batch_size=calibration_batch_size(smoothed))  # bounded memory
+            details = {"format": "QDQ", "activations": "int8 symmetric per-tensor", "smoothquant": smoothquant,
                        "weights": "int8 symmetric per-channel", "bias": "float",
                        "quantized_op_types": list(QUANT_OP_TYPES),
                        "attention_matmuls": "int8" if quantize_attention else "float",

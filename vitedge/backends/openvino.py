@@ -266,11 +266,18 @@ class OpenVINOBackend(Backend):
         """IR from the exported ONNX; INT8 through NNCF (TRANSFORMER: SmoothQuant, float LayerNorm)."""
         ov = _ov()
         source = artifact_path(export_dir, manifest)
-        with ui.Step("converting ONNX to OpenVINO IR"):
-            try:
-                ov_model = ov.convert_model(str(source))
-            except Exception as exc:  # noqa: BLE001 - the frontend raises generic errors
-                raise CompileFailed(f"OpenVINO could not convert {source}: {exc}") from exc
+        from vitedge.precision.smoothquant import migrated
+
+        with contextlib.ExitStack() as stack:
+            if request.precision == "int8" and request.calibration is not None:  # outliers -> weights
+                source_graph, smoothquant = stack.enter_context(migrated(source, request.calibration.x))
+            else:
+                source_graph, smoothquant = source, None
+            with ui.Step("converting ONNX to OpenVINO IR"):
+                try:
+                    ov_model = ov.convert_model(str(source_graph))
+                except Exception as exc:  # noqa: BLE001 - the frontend raises generic errors
+                    raise CompileFailed(f"OpenVINO could not convert {source}: {exc}") from exc
         onnx_modules = _module_map(source)
         ignored: set[str] = set()
         opts: OpenVINOOptions = request.options  # type: ignore[assignment]
@@ -280,7 +287,10 @@ class OpenVINOBackend(Backend):
                 ui.warn("this CPU has no INT8 dot-product instructions (VNNI/AMX): OpenVINO runs INT8 through "
                         "a generic fallback that is often slower than its FP32 here; bench it against "
                         "--precision fp32 (gate `faster(openvino-int8, openvino-fp32)`) before you ship it")
-            ov_model, ignored, details = self._quantize(ov_model, onnx_modules, request)
+            from vitedge.precision.scheme import scheme_for_file
+
+            ov_model, ignored, details = self._quantize(ov_model, onnx_modules, request, scheme_for_file(source))
+            details["smoothquant"] = smoothquant
         ov.save_model(ov_model, str(out_dir / MODEL_XML), compress_to_fp16=request.precision == "fp16")
         core = ov.Core()
         capabilities = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -309,7 +319,7 @@ class OpenVINOBackend(Backend):
         return manifest
 
     def _quantize(self, ov_model: Any, onnx_modules: dict[str, str | None],
-                  request: CompileRequest) -> tuple[Any, set[str], dict[str, Any]]:
+                  request: CompileRequest, scheme: Any) -> tuple[Any, set[str], dict[str, Any]]:
         """nncf.quantize (or quantize_with_accuracy_control with --max-drop) on the ov.Model.
 
         Returns the quantized model, the op names --ignored-scope matched, and what to record.
@@ -335,11 +345,16 @@ class OpenVINOBackend(Backend):
         if _NNCF_RANGES[method]:
             advanced.activations_range_estimator_params = getattr(RangeEstimatorParametersSet,
                                                                   _NNCF_RANGES[method])
-        kwargs: dict[str, Any] = dict(subset_size=len(x), model_type=nncf.ModelType.TRANSFORMER,
-                                      ignored_scope=ignored_scope)
-        max_drop = opts.max_drop
+        from vitedge.precision.scheme import accuracy_control_drop
+
+        advanced = scheme.apply_to(advanced)  # the scheme for this graph's kind (precision/scheme.py)
+        kwargs: dict[str, Any] = dict(subset_size=len(x), ignored_scope=ignored_scope, **scheme.nncf_kwargs())
+        max_drop = accuracy_control_drop(opts.max_drop, request.validation)
         details: dict[str, Any] = {"weights": "int8 per-channel symmetric", "quantizer": "nncf",
-                                   "model_type": "TRANSFORMER", "range_estimator": method,
+                                   "model_type": scheme.model_type or "CNN (NNCF default)",
+                                   "int8_scheme": scheme.to_dict(),
+                                   "range_estimator": (method if _NNCF_RANGES[method]
+                                                       else scheme.range_estimator or method),
                                    "ignored_scope": list(opts.ignored_scope),
                                    "max_drop": max_drop}
         try:

@@ -75,7 +75,8 @@ def load_reference(manifest: Manifest, artifact_dir: str | Path = "", trusted: b
     req = manifest["source"].get("request") or {"spec": manifest["source"]["spec"]}
     loaded = load_model(req["spec"], weights=_weights_file(req.get("weights"), manifest, artifact_dir),
                         num_classes=req.get("num_classes"), img_size=req.get("img_size"),
-                        labels=manifest.get("labels"))
+                        labels=manifest.get("labels"), pretrained=bool(req.get("pretrained")),
+                        random_init_seed=req.get("random_init_seed"))
     recorded = manifest["source"].get("weights_sha256")
     if recorded and loaded.weights_sha256 and recorded != loaded.weights_sha256:
         raise IncompatibleArtifact(f"the weights of {req['spec']} changed since this artifact was exported "

@@ -135,8 +135,16 @@ def load_model(
     num_classes: int | None = None,
     img_size: int | None = None,
     labels: list[str] | None = None,
+    *,
+    pretrained: bool = False,
+    random_init_seed: int | None = None,
 ) -> LoadedModel:
-    """Load MODEL spec + weights into an eval-mode classifier and check it is one."""
+    """Load MODEL spec + weights into an eval-mode classifier and check it is one.
+
+    Weights are explicit: WEIGHTS (a state dict), PRETRAINED (the library's own pretrained
+    loading, from the hub cache) or RANDOM_INIT_SEED (seeded random init, rebuilt bit-identically
+    from the seed); timm/torchvision specs refuse to load without one of them.
+    """
     if weights is not None:
         weights = Path(weights)
         if not weights.is_file():
@@ -144,10 +152,11 @@ def load_model(
         weights = weights.resolve()  # recorded absolute: a bench from another dir finds it
     if num_classes is not None and num_classes < 1:
         raise BadInput(f"--num-classes must be positive, got {num_classes}")
-    if img_size is not None and not 8 <= img_size <= 4096:
-        raise BadInput(f"--img-size must be between 8 and 4096, got {img_size}")
+    if img_size is not None and not 8 <= img_size <= 1024:
+        raise BadInput(f"--img-size must be between 8 and 1024, got {img_size}")
     source, rest = resolve_source(spec)
-    request = ModelRequest(spec, weights, num_classes, img_size, labels)
+    _check_weight_flags(source, weights, pretrained, random_init_seed)
+    request = ModelRequest(spec, weights, num_classes, img_size, labels, pretrained, random_init_seed)
     try:
         loaded = _SOURCES[source](rest, request)
     except ImportError as exc:
@@ -161,6 +170,7 @@ def load_model(
     loaded.details["request"] = {  # replayed by the PyTorch reference runner
         "spec": spec, "weights": str(weights) if weights else None,
         "num_classes": num_classes, "img_size": img_size,
+        "pretrained": pretrained, "random_init_seed": random_init_seed,
     }
     if labels is not None:
         if len(labels) != loaded.num_classes:
@@ -170,6 +180,25 @@ def load_model(
         loaded.labels = labels
     probe_classifier(loaded)
     return loaded
+
+
+_PRETRAINED_SOURCES = ("timm", "torchvision", "hf")
+_RANDOM_INIT_SOURCES = ("timm", "torchvision", "hf", "factory")
+
+
+def _check_weight_flags(source: str, weights: Path | None, pretrained: bool, seed: int | None) -> None:
+    """At most one weights choice, and only where the source can honour it."""
+    chosen = [flag for flag, on in (("--weights", weights is not None), ("--pretrained", pretrained),
+                                    ("--random-init", seed is not None)) if on]
+    if len(chosen) > 1:
+        raise BadInput(f"{' and '.join(chosen)} exclude each other: the weights come from one place")
+    if pretrained and source not in _PRETRAINED_SOURCES:
+        raise BadInput(f"--pretrained applies to timm:, torchvision: and hf: specs, not {source} models "
+                       "(their weights are in the file or the code)")
+    if seed is not None and source not in _RANDOM_INIT_SOURCES:
+        raise BadInput(f"--random-init applies to timm:, torchvision:, hf: and factory specs, not {source} models")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise BadInput(f"--random-init takes a seed >= 0, got {seed}")
 
 
 def set_eval(module: Any) -> Any:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
 import json
 import logging
 import os
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from vitedge.errors import BadInput
 from vitedge.fsutil import sha256_file
+from vitedge.models import hub
 from vitedge.models.base import LoadedModel, ModelRequest, register_source
 from vitedge.models.weights import apply_state_dict, classifier_width, read_state_dict
 from vitedge.preprocessing import Preprocessing
@@ -47,6 +51,61 @@ def _timm_preprocessing(model: Any, img_size: int | None) -> Preprocessing:
     )
 
 
+WAYS_OUT = ("--weights FILE (your checkpoint), --pretrained (the library's pretrained weights, "
+            "from the hub cache) or --random-init SEED (seeded random weights: speed/shape work only)")
+
+
+def no_weights_error(spec: str) -> BadInput:
+    """A timm/torchvision spec with no weights: say the three ways out instead of a random init."""
+    return BadInput(f"{spec} has no weights: pass {WAYS_OUT}")
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Build under torch.manual_seed(SEED) without disturbing the caller's RNG (no-op for None)."""
+    import torch
+
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _origin(req: ModelRequest) -> str:
+    if req.weights:
+        return "file"
+    return "pretrained" if req.pretrained else "random-init"
+
+
+def _timm_pretrained_file(arch: str, num_classes: int | None) -> tuple[dict[str, Any], Path]:
+    """timm's pretrained config for ARCH[.tag] and its checkpoint, from the HF hub cache."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch, allow_unregistered=False)
+    except RuntimeError as exc:
+        tags = [n for n in timm.list_pretrained(f"{arch.split('.')[0]}*") if n.startswith(arch.split(".")[0] + ".")]
+        hint = f" Pretrained tags: {', '.join(tags[:6])}" if tags else " timm has no pretrained weights for it."
+        raise BadInput(f"timm:{arch} --pretrained: {exc}.{hint}") from exc
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise BadInput(f"timm:{arch} has no pretrained weights in timm; pass --weights FILE")
+    if num_classes and num_classes != cfg.num_classes:
+        raise BadInput(f"timm:{arch} --pretrained has a {cfg.num_classes}-class head; --num-classes {num_classes} "
+                       "would bolt on a random one (fine-tune, then pass --weights FILE)")
+    what = f"pretrained weights for timm:{arch} ({cfg.hf_hub_id or cfg.url})"
+    if cfg.hf_hub_id:
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else hub.TIMM_HUB_FILES
+        file = hub.hf_download(repo, names, revision or None, what)
+    elif cfg.file:
+        file = Path(cfg.file)
+    else:
+        file = hub.torch_hub_checkpoint(cfg.url, what)
+    return cfg.to_dict(), file
+
+
 @register_source("timm")
 def load_timm(arch: str, req: ModelRequest) -> LoadedModel:
     import timm
@@ -55,6 +114,8 @@ def load_timm(arch: str, req: ModelRequest) -> LoadedModel:
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else " See `timm.list_models()`."
         raise BadInput(f"unknown timm model {arch!r}.{hint}")
+    if not (req.weights or req.pretrained or req.random_init_seed is not None):
+        raise no_weights_error(f"timm:{arch}")
     state = read_state_dict(req.weights) if req.weights else None
     num_classes = req.num_classes or (classifier_width(state) if state else None)
     kwargs: dict[str, Any] = {}
@@ -62,10 +123,24 @@ def load_timm(arch: str, req: ModelRequest) -> LoadedModel:
         kwargs["num_classes"] = num_classes
     if req.img_size:
         kwargs["img_size"] = req.img_size
+    pretrained: dict[str, Any] = {}
+    if req.pretrained:
+        cfg, file = _timm_pretrained_file(arch, num_classes)
+        # timm's own loading (filter_fn resizes position embeddings, adapts in_chans) from the
+        # cached file; custom_load is for .npz release files, not hub checkpoints.
+        kwargs["pretrained_cfg_overlay"] = {"file": str(file),
+                                            "custom_load": cfg.get("custom_load") if file.suffix == ".npz" else False}
+        pretrained = {"pretrained_tag": cfg.get("tag"), "hf_hub_id": cfg.get("hf_hub_id"),
+                      "pretrained_file": str(file)}
     try:
-        model = timm.create_model(arch, pretrained=False, **kwargs)
+        with seeded(req.random_init_seed):
+            model = timm.create_model(arch, pretrained=req.pretrained, **kwargs)
     except (TypeError, AssertionError, ValueError) as exc:
         raise BadInput(f"timm cannot build {arch} with {kwargs}: {exc}") from exc
+    except RuntimeError as exc:
+        if not req.pretrained:
+            raise
+        raise BadInput(f"timm could not load the pretrained weights of {arch}: {str(exc).splitlines()[0]}") from exc
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     if req.img_size and patch and (req.img_size % patch[0] or req.img_size % patch[1]):
         raise BadInput(f"--img-size {req.img_size} is not a multiple of {arch}'s patch size {patch[0]}")
@@ -79,12 +154,16 @@ def load_timm(arch: str, req: ModelRequest) -> LoadedModel:
             except Exception:  # noqa: BLE001 - fall through to the strict check's message
                 pass
         sha = apply_state_dict(model, state, f"timm:{arch}", req.weights)
+    elif req.pretrained:
+        sha = sha256_file(pretrained["pretrained_file"])
+    labels = hub.imagenet_labels(model, model.num_classes) if req.pretrained else None
     return LoadedModel(
         module=model, spec=f"timm:{arch}", source="timm",
         preprocessing=_timm_preprocessing(model, req.img_size),
-        num_classes=model.num_classes, labels=None,
-        weights_path=str(req.weights) if req.weights else None, weights_sha256=sha,
-        details={"arch": arch, "timm_version": timm.__version__},
+        num_classes=model.num_classes, labels=labels,
+        weights_path=str(req.weights) if req.weights else pretrained.get("pretrained_file"), weights_sha256=sha,
+        weights_origin=_origin(req), random_init_seed=req.random_init_seed,
+        details={"arch": arch, "timm_version": timm.__version__, **pretrained},
     )
 
 
@@ -105,7 +184,8 @@ def load_demo(name: str, req: ModelRequest) -> LoadedModel:
     return LoadedModel(
         module=model, spec="demo:digits", source="demo", preprocessing=demo.DEMO_PREPROCESSING,
         num_classes=10, labels=list(demo.DEMO_LABELS), weights_path=str(weights),
-        weights_sha256=sha, details={"arch": "vit (timm VisionTransformer)", "config": demo.DEMO_ARCH},
+        weights_sha256=sha, weights_origin="file" if req.weights else "builtin",
+        details={"arch": "vit (timm VisionTransformer)", "config": demo.DEMO_ARCH},
     )
 
 
@@ -118,18 +198,36 @@ def load_torchvision(arch: str, req: ModelRequest) -> LoadedModel:
         close = difflib.get_close_matches(arch, names, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise BadInput(f"unknown torchvision model {arch!r}.{hint}")
+    if not (req.weights or req.pretrained or req.random_init_seed is not None):
+        raise no_weights_error(f"torchvision:{arch}")
     state = read_state_dict(req.weights) if req.weights else None
+    file: Path | None = None
+    if req.pretrained:
+        try:
+            default = torchvision.models.get_model_weights(arch).DEFAULT
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise BadInput(f"torchvision:{arch} has no pretrained weights; pass --weights FILE") from exc
+        classes = len(default.meta.get("categories") or [])
+        if req.num_classes and req.num_classes != classes:
+            raise BadInput(f"torchvision:{arch} --pretrained has a {classes}-class head; --num-classes "
+                           f"{req.num_classes} would bolt on a random one (fine-tune, then pass --weights FILE)")
+        if req.img_size:
+            raise BadInput(f"torchvision:{arch} --pretrained is fixed to its own input size; drop --img-size")
+        file = hub.torch_hub_checkpoint(default.url, f"pretrained weights for torchvision:{arch} ({default})")
+        state = read_state_dict(file)
     num_classes = req.num_classes or (classifier_width(state) if state else None) or 1000
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     if req.img_size and arch.startswith("vit_"):
         kwargs["image_size"] = req.img_size
-    model = torchvision.models.get_model(arch, weights=None, **kwargs)
-    sha = apply_state_dict(model, state, f"torchvision:{arch}", req.weights) if state else None
+    with seeded(req.random_init_seed):
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    sha = apply_state_dict(model, state, f"torchvision:{arch}", req.weights or file) if state else None
     pre, labels = _torchvision_preprocessing(arch, req.img_size)
     return LoadedModel(
         module=model, spec=f"torchvision:{arch}", source="torchvision", preprocessing=pre,
         num_classes=num_classes, labels=labels if num_classes == len(labels or []) else None,
-        weights_path=str(req.weights) if req.weights else None, weights_sha256=sha,
+        weights_path=str(req.weights or file) if (req.weights or file) else None, weights_sha256=sha,
+        weights_origin=_origin(req), random_init_seed=req.random_init_seed,
         details={"arch": arch, "torchvision_version": torchvision.__version__},
     )
 
@@ -174,51 +272,79 @@ class HFLogits:
 _HF_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?$")
+
+
 @register_source("hf")
-def load_hf(directory: str, req: ModelRequest) -> LoadedModel:
-    path = Path(directory)
-    if not (path / "config.json").is_file():
-        raise BadInput(f"hf:{directory} is not a Hugging Face model folder (no config.json)")
+def load_hf(name: str, req: ModelRequest) -> LoadedModel:
+    """hf:<local dir> (weights in the folder, or --random-init from its config) or hf:<hub id>
+    (transformers from_pretrained through the hub cache)."""
+    path = Path(name)
+    local = path.is_dir()
+    if local and not (path / "config.json").is_file():
+        raise BadInput(f"hf:{name} is not a Hugging Face model folder (no config.json)")
+    if not local and not _HUB_ID.match(name):
+        raise BadInput(f"hf:{name} is neither a model folder nor a Hugging Face hub id (org/name)")
+    if not local and not req.pretrained:
+        raise BadInput(f"hf:{name} is not a local folder; add --pretrained to load it from the Hugging Face "
+                       "hub cache, or give the folder it was saved to")
     from transformers import AutoConfig, AutoModelForImageClassification
 
-    # trust_remote_code=False: a folder's own Python files are never imported (SECURITY.md)
+    repo, _, revision = name.partition("@")
+    what = f"the Hugging Face model {repo}"
+    hub_kwargs: dict[str, Any] = {"revision": revision} if revision and not local else {}
+    hub_kwargs["trust_remote_code"] = False  # a model's own Python files are never imported (SECURITY.md)
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        config = (AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False) if local
+                  else hub.hf_pretrained(AutoConfig, repo, what, **hub_kwargs))
     except ValueError as exc:  # unknown model_type, or custom code vitedge will not run
-        raise BadInput(f"hf:{directory}: transformers cannot read its config without running the folder's "
+        raise BadInput(f"hf:{name}: transformers cannot read its config without running the model's "
                        f"own code or at all: {str(exc).strip().splitlines()[0]}") from exc
     archs = config.architectures or []
     if archs and not any("ImageClassification" in a for a in archs):
         # from_pretrained would silently bolt a random head onto a backbone
-        raise BadInput(f"hf:{directory} holds {', '.join(archs)}, not an image classifier "
+        raise BadInput(f"hf:{name} holds {', '.join(archs)}, not an image classifier "
                        "(vitedge needs a *ForImageClassification model)")
     try:
-        model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True,
-                                                                trust_remote_code=False)
+        if req.random_init_seed is not None:
+            with seeded(req.random_init_seed):
+                model = AutoModelForImageClassification.from_config(config, trust_remote_code=False)
+        elif local:
+            model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True,
+                                                                    trust_remote_code=False)
+        else:
+            model = hub.hf_pretrained(AutoModelForImageClassification, repo, what, **hub_kwargs)
     except (ValueError, KeyError) as exc:
         raise BadInput(
-            f"hf:{directory} ({config.model_type}) is not an image-classification model: "
+            f"hf:{name} ({config.model_type}) is not an image-classification model: "
             f"{str(exc).splitlines()[0]}"
         ) from exc
     if req.weights:
-        apply_state_dict(model, read_state_dict(req.weights), f"hf:{directory}", req.weights)
-    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+        apply_state_dict(model, read_state_dict(req.weights), f"hf:{name}", req.weights)
+    folder = path if local else hub.hf_snapshot_dir(repo)
+    files = (sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))) if folder else []
     sha = sha256_file(req.weights) if req.weights else (sha256_file(files[0]) if len(files) == 1 else None)
+    if req.random_init_seed is not None:
+        files, sha = [], None
     labels = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else None
     if labels and all(lbl == f"LABEL_{i}" for i, lbl in enumerate(labels)):
         labels = None
+    origin = ("file" if req.weights or local and req.random_init_seed is None and not req.pretrained
+              else _origin(req))
     return LoadedModel(
-        module=HFLogits(model), spec=f"hf:{directory}", source="hf",
-        preprocessing=_hf_preprocessing(path, config, req.img_size),
+        module=HFLogits(model), spec=f"hf:{name}", source="hf",
+        preprocessing=_hf_preprocessing(folder, config, req.img_size),
         num_classes=config.num_labels, labels=labels,
-        weights_path=str(req.weights or (files[0] if files else path)), weights_sha256=sha,
-        details={"model_type": config.model_type, "architectures": config.architectures},
+        weights_path=str(req.weights or (files[0] if files else folder or repo)), weights_sha256=sha,
+        weights_origin=origin, random_init_seed=req.random_init_seed,
+        details={"model_type": config.model_type, "architectures": config.architectures,
+                 **({} if local else {"hf_hub_id": repo})},
     )
 
 
-def _hf_preprocessing(path: Path, config: Any, img_size: int | None) -> Preprocessing:
-    cfg_path = path / "preprocessor_config.json"
-    if not cfg_path.is_file():
+def _hf_preprocessing(path: Path | None, config: Any, img_size: int | None) -> Preprocessing:
+    cfg_path = path / "preprocessor_config.json" if path else None
+    if cfg_path is None or not cfg_path.is_file():
         size = img_size or getattr(config, "image_size", DEFAULT_SIZE)
         return _default_preprocessing(size)
     cfg = json.loads(cfg_path.read_text())
@@ -267,7 +393,7 @@ def load_pt2(file: str, req: ModelRequest) -> LoadedModel:
     return LoadedModel(
         module=program.module(), spec=str(path), source="pt2",
         preprocessing=_default_preprocessing(size), num_classes=req.num_classes or 0,
-        weights_path=str(path), weights_sha256=sha256_file(path), static_batch=static,
+        weights_path=str(path), weights_sha256=sha256_file(path), static_batch=static, weights_origin="embedded",
         details={"export_target": program, "dynamic_batch": static is None, "executes_code": True,
                  "loader": "torch.export.load, pickled tensors refused (TORCH_FORCE_WEIGHTS_ONLY_LOAD=1)"},
     )
@@ -328,7 +454,7 @@ def load_torchscript(file: str, req: ModelRequest) -> LoadedModel:
         module=module, spec=str(path), source="torchscript",
         preprocessing=_default_preprocessing(req.img_size), num_classes=req.num_classes or 0,
         weights_path=str(path), weights_sha256=sha256_file(path), exporter="torchscript",
-        details={"executes_code": True},
+        weights_origin="embedded", details={"executes_code": True},
     )
 
 
@@ -353,12 +479,14 @@ def load_factory(spec: str, req: ModelRequest) -> LoadedModel:
         kwargs["num_classes"] = num_classes
     if req.img_size and ("img_size" in params or takes_kwargs):
         kwargs["img_size"] = req.img_size
-    model = factory(**kwargs)
+    with seeded(req.random_init_seed):
+        model = factory(**kwargs)
     sha = apply_state_dict(model, state, spec, req.weights) if state is not None else None
     pre = (_timm_preprocessing(model, req.img_size) if hasattr(model, "pretrained_cfg")
            else _default_preprocessing(req.img_size))
     return LoadedModel(
         module=model, spec=spec, source="factory", preprocessing=pre,
         num_classes=num_classes or 0, weights_path=str(req.weights) if req.weights else None,
-        weights_sha256=sha, details={"factory": spec, "executes_code": True},
+        weights_sha256=sha, details={"factory": spec, "executes_code": True}, random_init_seed=req.random_init_seed,
+        weights_origin="file" if req.weights else ("random-init" if req.random_init_seed is not None else "embedded"),
     )

@@ -1,19 +1,31 @@
-"""Calibration statistics: the largest |value| every float tensor takes on real inputs.
+"""Calibration statistics, streamed: running min / max / max|x| (and, where asked, per-channel
+max|x| and a histogram of |x|) per float tensor, merged batch by batch.
 
-A copy of the graph exposes every float32 intermediate as an extra output and ONNX Runtime
-(CPU, no graph optimisation, so tensor names survive) runs it over the calibration set.
-The FP16 plan reads these maxima to decide which nodes must stay in FP32.
+A copy of the graph exposes float32 intermediates as extra outputs and ONNX Runtime (CPU, no
+graph optimisation, so tensor names survive) runs it over the calibration set. Memory is
+bounded, whatever the model and the calibration set: after each run only the statistics are
+kept, and one run's outputs are capped at `memory_budget` bytes. The batch is sized from a
+one-image probe run, and when one image's intermediates alone exceed the budget (ViT-B/16 at
+384 px: ~1.3 GB) the watched tensors are split into groups, each a separate pass (compute is
+repeated, memory is not held). The FP16 plan reads the maxima to decide which nodes must stay
+FP32; SmoothQuant reads the per-channel maxima of MatMul inputs.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from vitedge import ui
 from vitedge.ortsession import session
+
+DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes of intermediate outputs per run
+HISTOGRAM_BINS = 2048
 
 
 def float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -28,33 +40,184 @@ def float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def activation_ranges(model: onnx.ModelProto, inputs: np.ndarray, batch_size: int = 8,
-                      threads: int | None = None) -> dict[str, float]:
-    """Max |x| over INPUTS (NCHW float32) of the graph input and every float32 node output."""
+@dataclass
+class TensorStats:
+    """Running statistics of one tensor over every batch seen so far."""
+
+    min: float = float("inf")
+    max: float = float("-inf")
+    absmax: float = 0.0
+    channel_absmax: np.ndarray | None = None  # over the last axis, when tracked
+    histogram: np.ndarray | None = None  # counts of |x| over [0, hist_edge], when tracked
+    hist_edge: float = 0.0
+    count: int = 0
+
+    def update(self, value: np.ndarray, channels: bool = False, histogram: bool = False) -> None:
+        if value.size == 0:
+            return
+        lo, hi = float(np.min(value)), float(np.max(value))
+        if np.isnan(lo) or np.isnan(hi):  # NaN already in FP32: as unsafe as an overflow
+            lo, hi = float("-inf"), float("inf")
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.absmax = max(self.absmax, abs(lo), abs(hi))
+        self.count += value.size
+        if channels and value.ndim >= 1:
+            peak = np.max(np.abs(value.reshape(-1, value.shape[-1])), axis=0)
+            self.channel_absmax = peak if self.channel_absmax is None else np.maximum(self.channel_absmax, peak)
+        if histogram and np.isfinite(self.absmax):
+            self._add_histogram(np.abs(value).ravel())
+
+    def _add_histogram(self, magnitudes: np.ndarray) -> None:
+        """ORT-style merge: when the range grows, the old counts are re-binned into the new edges."""
+        edge = max(self.absmax, 1e-12)
+        if self.histogram is None:
+            self.histogram, self.hist_edge = np.zeros(HISTOGRAM_BINS, np.int64), edge
+        elif edge > self.hist_edge:
+            old_centers = (np.arange(HISTOGRAM_BINS) + 0.5) * (self.hist_edge / HISTOGRAM_BINS)
+            rebinned = np.zeros(HISTOGRAM_BINS, np.int64)
+            np.add.at(rebinned, np.minimum((old_centers / edge * HISTOGRAM_BINS).astype(int), HISTOGRAM_BINS - 1),
+                      self.histogram)
+            self.histogram, self.hist_edge = rebinned, edge
+        counts, _ = np.histogram(magnitudes, bins=HISTOGRAM_BINS, range=(0.0, self.hist_edge))
+        self.histogram += counts
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile of |x| from the histogram (absmax when none was kept)."""
+        if self.histogram is None or not self.histogram.sum():
+            return self.absmax
+        cdf = np.cumsum(self.histogram) / self.histogram.sum()
+        index = int(np.searchsorted(cdf, q / 100.0))
+        return float((index + 1) * self.hist_edge / HISTOGRAM_BINS)
+
+
+@dataclass
+class CalibrationStats:
+    """Statistics of every watched tensor, and how they were collected."""
+
+    tensors: dict[str, TensorStats] = field(default_factory=dict)
+    batches: int = 0
+    passes: int = 0
+    batch_size: int = 0
+
+    def maxima(self) -> dict[str, float]:
+        return {name: s.absmax for name, s in self.tensors.items() if s.count}
+
+
+def _watchable(model: onnx.ModelProto, names: Iterable[str] | None) -> list[str]:
     types = float_tensor_types(model)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    watched = [out for node in probe.graph.node for out in node.output
+    existing = {o.name for o in model.graph.output}
+    outputs = [out for node in model.graph.node for out in node.output
                if out and types.get(out) == onnx.TensorProto.FLOAT and out not in existing]
-    for name in watched:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    if names is not None:
+        wanted = set(names)
+        outputs = [o for o in outputs if o in wanted]
+    return outputs
+
+
+def collect_stats(model: onnx.ModelProto, inputs: np.ndarray, *, tensors: Iterable[str] | None = None,
+                  channels: Iterable[str] = (), histograms: Iterable[str] = (), batch_size: int = 8,
+                  memory_budget: int = DEFAULT_MEMORY_BUDGET, threads: int | None = None,
+                  description: str = "calibration statistics") -> CalibrationStats:
+    """Stream INPUTS (NCHW float32) through MODEL and keep running statistics per float tensor.
+
+    TENSORS limits which intermediates are watched (default: every float32 node output, plus
+    the graph input and outputs); CHANNELS / HISTOGRAMS name those that also keep per-channel
+    max|x| / a histogram of |x|. Progress shows the batch count.
+    """
+    channels, histograms = set(channels), set(histograms)
+    watched = _watchable(model, tensors)
     input_name = next(i.name for i in model.graph.input
                       if i.name not in {init.name for init in model.graph.initializer})
-    maxima: dict[str, float] = {}
+    graph_outputs = [o.name for o in model.graph.output]
+    result = CalibrationStats()
+
+    def update(name: str, value: np.ndarray) -> None:
+        if value.dtype != np.float32:
+            return
+        result.tensors.setdefault(name, TensorStats()).update(value, name in channels, name in histograms)
+
     with tempfile.TemporaryDirectory(prefix="vitedge-stats-") as tmp:
-        path = Path(tmp) / "probe.onnx"
-        onnx.save(probe, str(path))
-        sess = session(path, threads=threads, optimize=False)
-        names = [o.name for o in sess.get_outputs()]
-        for start in range(0, len(inputs), batch_size):
-            batch = np.ascontiguousarray(inputs[start:start + batch_size], dtype=np.float32)
-            values = sess.run(names, {input_name: batch})
-            for name, value in [(input_name, batch), *zip(names, values, strict=True)]:
-                if value.dtype != np.float32 or value.size == 0:
-                    continue
-                peak = float(np.max(np.abs(value)))
-                if np.isnan(peak):  # NaN already in FP32: as unsafe for FP16 as an overflow
-                    peak = float("inf")
-                maxima[name] = max(maxima.get(name, 0.0), peak)
-    return maxima
+        def open_probe(names: list[str], index: int) -> tuple[object, list[str]]:
+            probe = onnx.ModelProto()
+            probe.CopyFrom(model)
+            for name in names:
+                probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            path = Path(tmp) / f"probe{index}.onnx"
+            onnx.save(probe, str(path))
+            sess = session(path, threads=threads, optimize=False)
+            return sess, [o.name for o in sess.get_outputs()]
+
+        # one image through everything: the bytes each watched tensor takes per image
+        sess, names = open_probe(watched, 0)
+        first = np.ascontiguousarray(inputs[:1], dtype=np.float32)
+        per_image = {n: v.nbytes for n, v in zip(names, sess.run(names, {input_name: first}), strict=True)}
+        del sess
+        groups = _groups(watched, per_image, memory_budget)
+        total = sum(per_image.values())
+        batch = max(1, min(batch_size, memory_budget // max(1, total))) if len(groups) == 1 else 1
+        result.batch_size, result.passes = batch, len(groups)
+        n_batches = -(-len(inputs) // batch)
+        steps = iter(ui.track(range(n_batches * len(groups)),
+                              f"{description} ({n_batches} batches of {batch}"
+                              + (f", {len(groups)} passes)" if len(groups) > 1 else ")")))
+        for index, group in enumerate(groups, start=1):
+            sess, names = open_probe(group, index)
+            keep = set(group) | (set(graph_outputs) if index == 1 else set())
+            for start in range(0, len(inputs), batch):
+                x = np.ascontiguousarray(inputs[start:start + batch], dtype=np.float32)
+                values = sess.run(names, {input_name: x})
+                if index == 1:
+                    update(input_name, x)
+                for name, value in zip(names, values, strict=True):
+                    if name in keep:
+                        update(name, value)
+                del values
+                next(steps, None)
+            del sess
+        for _ in steps:  # close the progress bar
+            pass
+        result.batches = n_batches
+    return result
+
+
+def _groups(names: list[str], per_image: dict[str, int], budget: int) -> list[list[str]]:
+    """Split NAMES so that one image's outputs of each group fit in BUDGET bytes."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for name in names:
+        nbytes = per_image.get(name, 0)
+        if groups[-1] and size + nbytes > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    return groups
+
+
+def activation_ranges(model: onnx.ModelProto, inputs: np.ndarray, batch_size: int = 8,
+                      threads: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict[str, float]:
+    """Max |x| over INPUTS (NCHW float32) of the graph input and every float32 node output."""
+    return collect_stats(model, inputs, batch_size=batch_size, threads=threads,
+                         memory_budget=memory_budget).maxima()
+
+
+def intermediate_bytes_per_image(model: onnx.ModelProto) -> int:
+    """Bytes of every float32 intermediate for one image, from shape inference (batch dim = 1)."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    total = 0
+    for vi in inferred.graph.value_info:
+        tensor = vi.type.tensor_type
+        if tensor.elem_type != onnx.TensorProto.FLOAT or not tensor.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
+        total += 4 * int(np.prod(dims)) if dims else 4
+    return total
+
+
+def calibration_batch_size(onnx_path: str | Path, wanted: int = 8,
+                           memory_budget: int = 2 * DEFAULT_MEMORY_BUDGET) -> int:
+    """The calibration batch for a quantizer that watches every intermediate at once (ONNX
+    Runtime's calibrators): WANTED, lowered so one batch's intermediates fit MEMORY_BUDGET.
+    ViT-B/16 at 384 px holds ~1.3 GB per image: batch 8 peaked at 15.8 GB RSS, batch 1 fits."""
+    per_image = intermediate_bytes_per_image(onnx.load(str(onnx_path), load_external_data=False))
+    return max(1, min(wanted, memory_budget // max(1, per_image)))

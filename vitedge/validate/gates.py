@@ -371,8 +371,8 @@ def evaluate(checks: list[Check], lookup: Lookup, interval: IntervalLookup | Non
             outcome, reason = _decide(check.op, value / bound if bound else math.inf, 1.0, ci)
         else:
             outcome, reason = _decide(check.op, value, bound, ci)
-        if check.is_speed and outside_load and outcome != "unreliable":
-            outcome, reason = "unreliable", outside_load
+        if check.is_speed and outside_load:  # both reasons when the interval straddles too
+            outcome, reason = "unreliable", "; ".join(r for r in (outside_load, reason) if r)
         results.append(GateResult(check, value, bound, outcome, ci, reason))
     return results
 

@@ -64,13 +64,17 @@ def _quantize(export_onnx: Path, request: CompileRequest, calibration: np.ndarra
     import onnx
 
     from vitedge.precision.int8 import quantize_qdq
+    from vitedge.precision.smoothquant import migrated
+    from vitedge.precision.stats import calibration_batch_size
 
     opts: TensorRTOptions = request.options  # type: ignore[assignment]
     method = request.calib_method or DEFAULT_CALIB_METHOD
     with tempfile.TemporaryDirectory(prefix="vitedge-trt-int8-") as tmp:
         out = Path(tmp) / "int8.onnx"
-        nodes = quantize_qdq(export_onnx, out, calibration, method="minmax" if method == "max" else method,
-                             exclude_nodes=keep, quantize_attention_matmuls=opts.quantize_attention)
+        with migrated(export_onnx, calibration) as (smoothed, _):  # activation outliers -> per-channel weights
+            nodes = quantize_qdq(smoothed, out, calibration, method="minmax" if method == "max" else method,
+                                 exclude_nodes=keep, quantize_attention_matmuls=opts.quantize_attention,
+                                 batch_size=calibration_batch_size(smoothed))  # bounded memory
         return onnx.load(str(out)), nodes
 
 

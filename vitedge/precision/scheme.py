@@ -1,0 +1,139 @@
+"""The INT8 scheme for a graph: what kind of vision transformer it is, and the NNCF settings
+that keep OpenVINO INT8 accurate for that kind.
+
+NNCF's `model_type=TRANSFORMER` applies SmoothQuant to every MatMul. On plain ViTs that helps;
+on windowed (Swin) and conv/attention hybrids it is what breaks accuracy. Measured on reduced
+timm models (random init, 64 digit images, rel = |INT8 - FP32| / |FP32| of logits; OpenVINO
+2026.4, NNCF 3.4, 2-core EPYC):
+
+| model | TRANSFORMER | TRANSFORMER, no SmoothQuant | default (CNN) |
+|---|---|---|---|
+| vit_tiny (depth 2) | **0.027** | 0.036 | 0.287 |
+| swin_tiny (depths 1,1,1,1) | 0.283 | **0.064** | 0.086 |
+| levit_128s (depth 1,1,1) | 0.779 | **0.145** | 0.201 |
+| pvt_v2_b0 (depths 1,1,1,1) | 0.534 | **0.054** | 0.056 |
+| efficientformer_l1 | 0.235 | **0.015** | 0.030 |
+| efficientvit_m0 (depth 1,1,1) | 0.512 | 0.621 | **0.033** |
+| fastvit_t8 (layers 1,1,1,1) | 0.162 | 0.194 | **0.161** |
+
+and with min/max activation ranges (`range_estimator`) on top of the chosen column:
+ViT 0.022, Swin 0.041, LeViT 0.032, EfficientViT 0.025, FastViT 0.158.
+
+With min/max activation ranges (`range_estimator`) on top: ViT 0.022, Swin 0.041, LeViT 0.032,
+EfficientViT 0.025, FastViT 0.123; EVA-02 0.029 -> 0.017 and BEiT-v2 0.028 -> 0.015 without
+NNCF's SmoothQuant. NNCF's SmoothQuant is therefore off for every kind: vitedge migrates
+activation outliers itself, only where a LayerNorm output has them (precision/smoothquant.py,
+applied before NNCF as before the ONNX Runtime / TensorRT quantizer).
+
+Four kinds, checked in this order, from the ONNX graph (op types) and the exporter's module
+metadata (class names):
+`convolutional` (depthwise convs + BatchNorm, no LayerNorm: EfficientViT-M, FastViT):
+NNCF's default (CNN) scheme, which also quantizes the elementwise ops between the convs;
+`windowed` (window attention: Swin-style): TRANSFORMER;
+`transformer` (attention, one patch-embedding conv: ViT, DeiT, EVA-02, BEiT): TRANSFORMER;
+`hybrid` (convolutions besides the patch embedding: LeViT, PVT-v2, EfficientFormer): TRANSFORMER.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import onnx
+
+KINDS = ("transformer", "windowed", "hybrid", "convolutional")
+_CLASS_KEY = "pkg.torch.onnx.class_hierarchy"
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """The quantization scheme chosen for one graph, and the graph facts it was chosen from."""
+
+    kind: str
+    model_type: str | None  # NNCF ModelType name, None for its default (CNN) scheme
+    smooth_quant: bool
+    reason: str
+    facts: dict[str, int] = field(default_factory=dict)
+    # NNCF activation range estimator: MINMAX beat NNCF's default (quantile-based for
+    # TRANSFORMER) on every family measured: LeViT 0.145 -> 0.032, Swin 0.064 -> 0.041,
+    # EfficientViT 0.033 -> 0.025, ViT 0.027 -> 0.022.
+    range_estimator: str | None = "MINMAX"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def nncf_kwargs(self) -> dict[str, Any]:
+        """model_type for nncf.quantize (the SmoothQuant switch goes in `apply_to`)."""
+        import nncf
+
+        return {"model_type": getattr(nncf.ModelType, self.model_type) if self.model_type else None}
+
+    def apply_to(self, advanced: Any) -> Any:
+        """NNCF AdvancedQuantizationParameters for this scheme: SmoothQuant off where it says so,
+        and min/max activation ranges unless the user chose a range estimator (--calib-method)."""
+        from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
+        from nncf.quantization.range_estimator import RangeEstimatorParameters, RangeEstimatorParametersSet
+
+        if not self.smooth_quant and self.model_type == "TRANSFORMER":
+            advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=-1, convolution=-1)
+        if self.range_estimator and advanced.activations_range_estimator_params == RangeEstimatorParameters():
+            advanced.activations_range_estimator_params = getattr(RangeEstimatorParametersSet, self.range_estimator)
+        return advanced
+
+
+def graph_facts(model: onnx.ModelProto) -> dict[str, int]:
+    """Op-type counts that tell the families apart (depthwise = Conv with group > 1)."""
+    counts: dict[str, int] = {"conv": 0, "depthwise_conv": 0, "batchnorm": 0, "layernorm": 0,
+                              "softmax": 0, "window_attention": 0}
+    for node in model.graph.node:
+        op = node.op_type
+        if op == "Conv":
+            counts["conv"] += 1
+            if any(a.name == "group" and a.i > 1 for a in node.attribute):
+                counts["depthwise_conv"] += 1
+        elif op == "BatchNormalization":
+            counts["batchnorm"] += 1
+        elif op == "LayerNormalization":
+            counts["layernorm"] += 1
+        elif op == "Softmax":
+            counts["softmax"] += 1
+            classes = next((p.value for p in node.metadata_props if p.key == _CLASS_KEY), "")
+            if "window" in classes.lower():
+                counts["window_attention"] += 1
+    return counts
+
+
+def choose_scheme(model: onnx.ModelProto) -> Int8Scheme:
+    """The INT8 scheme for MODEL (an exported FP32 ONNX graph)."""
+    facts = graph_facts(model)
+    convs_beyond_stem = facts["conv"] > 1
+    if facts["depthwise_conv"] and facts["batchnorm"] and not facts["layernorm"]:
+        return Int8Scheme("convolutional", None, False,
+                          "depthwise convs + BatchNorm, no LayerNorm: NNCF's default (CNN) scheme", facts)
+    if facts["window_attention"]:
+        return Int8Scheme("windowed", "TRANSFORMER", False,
+                          "window attention: SmoothQuant off (it broke Swin INT8: rel 0.28 vs 0.06)", facts)
+    if not convs_beyond_stem and facts["softmax"]:
+        return Int8Scheme("transformer", "TRANSFORMER", False,
+                          "plain transformer: NNCF TRANSFORMER scheme; activation outliers are migrated "
+                          "where present by vitedge's SmoothQuant (precision/smoothquant.py)", facts)
+    return Int8Scheme("hybrid", "TRANSFORMER", False,
+                      "conv/attention hybrid: TRANSFORMER scheme, SmoothQuant off (it broke LeViT/PVT-v2)", facts)
+
+
+DEFAULT_MAX_DROP = 0.005  # the issue-3 accuracy target: at most 0.5 points of top-1 lost
+
+
+def accuracy_control_drop(max_drop: float | None, validation: Any) -> float | None:
+    """The max top-1 drop for accuracy-controlled INT8: --max-drop, else DEFAULT_MAX_DROP when
+    labelled validation data was given (accuracy control by default), else None (plain PTQ)."""
+    if max_drop is not None:
+        return max_drop
+    if validation is not None and getattr(validation, "labels", None) is not None:
+        return DEFAULT_MAX_DROP
+    return None
+
+
+def scheme_for_file(path: Any) -> Int8Scheme:
+    """choose_scheme for an ONNX file (weights not loaded)."""
+    return choose_scheme(onnx.load(str(path), load_external_data=False))
