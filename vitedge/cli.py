@@ -160,6 +160,10 @@ def compile_cmd(
         help="FP16 plan: keep nodes FP32 whose |activation| exceeds this fraction of 65504.")] = None,
     quantize_attention: Annotated[bool, typer.Option(
         help="INT8: also quantize attention's activation x activation MatMuls (q@kT, attn@v).")] = False,
+    plan: Annotated[str | None, typer.Option(
+        help="TensorRT INT8 Q/DQ placement: accurate (default) | fast (NVIDIA's guidance; both are measured).")] = None,
+    quantized: Annotated[Path | None, typer.Option(
+        help="TensorRT INT8: a pre-quantized Q/DQ ONNX (ModelOpt, QAT) to check and use as is.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the calibration subset.")] = 0,
 ) -> None:
     """Build a backend artifact (OpenVINO IR, ONNX Runtime model, TensorRT engine) from an export."""
@@ -170,7 +174,8 @@ def compile_cmd(
         "threads": threads, "streams": streams, "hint": hint, "batch": batch, "workspace_gb": workspace,
         "opt_level": opt_level, "timing_cache": str(timing_cache) if timing_cache else None,
         "hardware_compat": hardware_compat, "version_compatible": version_compatible, "io": io,
-        "fp16_margin": fp16_margin, "quantize_attention": quantize_attention,
+        "fp16_margin": fp16_margin, "quantize_attention": quantize_attention, "plan": plan,
+        "quantized": str(quantized) if quantized else None,
     }
     manifest = compile_artifact(in_dir, out, target=target, precision=precision,
                                 calib=str(calib) if calib else None, calib_size=calib_size,

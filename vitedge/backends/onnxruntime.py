@@ -98,6 +98,8 @@ class OnnxRuntimeBackend(Backend):
         if options.extra.get("max_drop") is not None:
             raise BadInput("--max-drop (accuracy-controlled INT8) is an OpenVINO/NNCF feature; "
                            "use --target openvino, or drop --max-drop")
+        if options.extra.get("quantized") or options.extra.get("plan"):
+            raise BadInput("--quantized and --plan are TensorRT options (--target tensorrt)")
 
     def compile(self, export_dir: Path, out_dir: Path, manifest: Manifest,
                 options: CompileOptions) -> Manifest:

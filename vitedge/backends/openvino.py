@@ -235,6 +235,8 @@ class OpenVINOBackend(Backend):
         return Availability(True, version)
 
     def check_options(self, options: CompileOptions) -> None:
+        if options.extra.get("quantized") or options.extra.get("plan"):
+            raise BadInput("--quantized and --plan are TensorRT options (--target tensorrt)")
         max_drop = options.extra.get("max_drop")
         if max_drop is None:
             return

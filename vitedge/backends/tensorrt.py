@@ -345,6 +345,9 @@ class TensorRTBackend(Backend):
         margin = extra.get("fp16_margin")
         if margin is not None and not 0 < margin <= 1:
             raise BadInput(f"--fp16-margin is a fraction of FP16's range 65504, in (0, 1]; got {margin}")
+        from vitedge.precision.imported import check_options as check_int8_options
+
+        check_int8_options(options.precision, extra)  # --plan, --quantized
 
     def compile(self, export_dir: Path, out_dir: Path, manifest: Manifest,
                 options: CompileOptions) -> Manifest:
@@ -355,16 +358,25 @@ class TensorRTBackend(Backend):
         settings = EngineSettings.from_options(manifest, options.extra)
         export_onnx = artifact_path(export_dir, manifest)
         calibration = options.calibration.x if options.calibration is not None else None
-        graph, plan = trt_plan(onnx.load(str(export_onnx)), export_onnx, options, calibration)
+        quantized = options.extra.get("quantized")
+        if quantized:  # a pre-quantized Q/DQ graph (ModelOpt, QAT): checked and measured, not re-placed
+            from vitedge.precision.imported import confirm_same_network, import_graph
+
+            graph, plan = import_graph(quantized, export_onnx)
+        else:
+            graph, plan = trt_plan(onnx.load(str(export_onnx)), export_onnx, options, calibration)
         with ui.Step("checking TensorRT readiness"):
             ready = check_trt_ready(graph)
         onnx.save(graph, str(out_dir / TRT_ONNX))
         verification = verify_on_cpu(export_onnx, out_dir / TRT_ONNX, _verification_data(options, manifest))
+        if quantized:
+            confirm_same_network(plan["imported"], verification)
         command = settings.trtexec_command()
         manifest.update(
             artifact={"model": ENGINE, "onnx": TRT_ONNX},
             precision_plan=plan["nodes"], precision_summary=plan["summary"], fp16_plan=plan.get("fp16"),
-            trt_ready=ready, cpu_verification=verification,
+            int8_plans=plan.get("int8_plans"), quantized_import=plan.get("imported"), trt_ready=ready,
+            cpu_verification=verification,
             tensorrt={**asdict(settings), "trtexec": command},
         )
         available = self.availability()
@@ -415,8 +427,9 @@ def trt_plan(model: Any, export_onnx: Path, options: CompileOptions,
              calibration: np.ndarray | None) -> tuple[Any, dict[str, Any]]:
     """The graph TensorRT builds for the requested precision, and its precision plan.
 
-    The plan: `nodes` (every compute node's dtype and why), `summary` (node counts per dtype)
-    and `fp16` (margin, I/O dtype, FP32 islands with reasons and PyTorch modules).
+    The plan: `nodes` (every compute node's dtype and why), `summary` (node counts per dtype),
+    `fp16` (margin, I/O dtype, FP32 islands with reasons and PyTorch modules) and, for INT8,
+    `int8_plans` (both placement plans' structure and drift, see `precision.int8.plan_int8`).
     """
     from vitedge.precision.fp16 import DEFAULT_MARGIN, plan_fp16
     from vitedge.precision.int8 import IgnoredScope
@@ -433,37 +446,19 @@ def trt_plan(model: Any, export_onnx: Path, options: CompileOptions,
     if precision == "fp16":
         with ui.Step("FP16 plan: calibration statistics and FP32 islands"):
             graph, fp16 = plan_fp16(model, calibration, margin=margin, io_fp16=io_fp16, keep=keep)
-        nodes = fp16.pop("nodes")
-    else:
-        quantized, int8_nodes = _quantize(export_onnx, options, calibration, keep)
-        with ui.Step("FP16 plan for the unquantized rest: calibration statistics and FP32 islands"):
-            graph, fp16 = plan_fp16(quantized, calibration, margin=margin, io_fp16=io_fp16, keep=keep)
-        fp16.pop("nodes")
-        islands = {i["node"]: i["reason"] for i in fp16["fp32_islands"]}
-        nodes = [entry if entry["dtype"] == "int8" else  # INT8 where quantized, else FP16 unless an island
-                 {**entry, "dtype": "fp32" if entry["node"] in islands else "fp16",
-                  "reason": islands.get(entry["node"], f"{entry['reason']} (FP16)")}
-                 for entry in int8_nodes]
+        nodes, int8_plans = fp16.pop("nodes"), None
+    else:  # both placement plans (accurate, fast) built and measured; --plan picks the graph
+        from vitedge.precision.int8 import DEFAULT_PLAN, plan_int8
+
+        method = options.calib_method or TensorRTBackend.default_calib_method
+        labels = options.calibration.labels if options.calibration is not None else None
+        graph, nodes, fp16, int8_plans = plan_int8(
+            export_onnx, calibration, method="minmax" if method == "max" else method, keep=keep,
+            quantize_attention=bool(options.extra.get("quantize_attention")), margin=margin, io_fp16=io_fp16,
+            plan=options.extra.get("plan") or DEFAULT_PLAN, labels=labels)
     summary = {dtype: sum(n["dtype"] == dtype for n in nodes) for dtype in ("int8", "fp16", "fp32")}
-    return graph, {"nodes": nodes, "summary": {k: v for k, v in summary.items() if v}, "fp16": fp16}
-
-
-def _quantize(export_onnx: Path, options: CompileOptions, calibration: np.ndarray,
-              keep: list[str]) -> tuple[Any, list[dict[str, Any]]]:
-    """Explicit Q/DQ through the shared quantizer (symmetric INT8, per-channel weights, float bias)."""
-    import tempfile
-
-    import onnx
-
-    from vitedge.precision.int8 import quantize_qdq
-
-    method = options.calib_method or TensorRTBackend.default_calib_method
-    with tempfile.TemporaryDirectory(prefix="vitedge-trt-int8-") as tmp:
-        out = Path(tmp) / "int8.onnx"
-        nodes = quantize_qdq(export_onnx, out, calibration, method="minmax" if method == "max" else method,
-                             exclude_nodes=keep,
-                             quantize_attention_matmuls=bool(options.extra.get("quantize_attention")))
-        return onnx.load(str(out)), nodes
+    return graph, {"nodes": nodes, "summary": {k: v for k, v in summary.items() if v}, "fp16": fp16,
+                   "int8_plans": int8_plans}
 
 
 def verify_on_cpu(reference: Path, candidate: Path, data: dict[str, Any]) -> dict[str, Any]:

@@ -297,8 +297,16 @@ def _cast_name(tensor: str, dtype: int) -> str:
 
 
 def _retype_attributes(node: onnx.NodeProto) -> None:
-    """Attributes that spell a float32 dtype or value, rewritten for an FP16 node."""
-    if node.op_type == "Cast":
+    """Attributes that spell a float32 dtype or value, rewritten for an FP16 node.
+
+    An FP16 LayerNormalization gets `stash_type=1` written out: FP16 I/O, mean and variance
+    accumulated in FP32 (ONNX's default, made explicit so the graph says what TensorRT runs).
+    """
+    if node.op_type == "LayerNormalization":
+        kept = [a for a in node.attribute if a.name != "stash_type"]  # axis, epsilon
+        del node.attribute[:]
+        node.attribute.extend([*kept, helper.make_attribute("stash_type", 1)])
+    elif node.op_type == "Cast":
         for attr in node.attribute:
             if attr.name == "to" and attr.i == FLOAT:
                 attr.i = FLOAT16
@@ -393,9 +401,13 @@ def node_precisions(model: onnx.ModelProto, islands: list[Island]) -> list[dict[
 
 
 def plan_fp16(model: onnx.ModelProto, calibration: np.ndarray | None, *, margin: float = DEFAULT_MARGIN,
-              io_fp16: bool = False, keep: Iterable[str] = ()) -> tuple[onnx.ModelProto, dict[str, Any]]:
+              io_fp16: bool = False, keep: Iterable[str] = (), fp32_ops: Iterable[str] = DEFAULT_FP32_OPS,
+              ranges: dict[str, float] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """FP16 graph with FP32 islands chosen from CALIBRATION (NCHW float32), and its record.
 
+    RANGES, when given, are the calibrated maxima already measured (on this graph or one with
+    the same tensor names), so CALIBRATION is not run again. FP32_OPS are the default islands
+    (`()` for none: LayerNorm then runs with FP16 I/O and its FP32 `stash_type` accumulation).
     The record: margin, I/O dtype, Casts added, calibration facts, `fp32_islands` (node, op,
     PyTorch module, reason) and `nodes` (every compute node's dtype and why).
     """
@@ -403,8 +415,9 @@ def plan_fp16(model: onnx.ModelProto, calibration: np.ndarray | None, *, margin:
     named.CopyFrom(model)
     name_nodes(named)
     has_data = calibration is not None and len(calibration) > 0
-    ranges = activation_ranges(named, calibration) if has_data else {}
-    islands = choose_islands(named, ranges, margin=margin, keep=keep)
+    if ranges is None:
+        ranges = activation_ranges(named, calibration) if has_data else {}
+    islands = choose_islands(named, ranges, margin=margin, keep=keep, fp32_ops=fp32_ops)
     converted = convert_fp16(named, [i.node for i in islands], io_fp16=io_fp16)
     nodes = node_precisions(named, islands)
     finite = [v for v in ranges.values() if np.isfinite(v)]
