@@ -416,7 +416,15 @@ def plan_int8(export_onnx: str | Path, calibration: np.ndarray, *, method: str =
     needs one, and two optional groups (attention MatMuls, residual skip inputs) each kept only
     when its measured drift on the calibration images stays within the budget.
     """
-    from vitedge.precision.fp16 import DEFAULT_FP32_OPS, DEFAULT_MARGIN, emulate_fp16, name_nodes, plan_fp16
+    from vitedge.precision.fp16 import (
+        DEFAULT_FP32_OPS,
+        DEFAULT_MARGIN,
+        FLOOR_SAMPLES,
+        emulate_fp16,
+        name_nodes,
+        plan_fp16,
+        row_floors,
+    )
     from vitedge.precision.profile import graph_profile, run_logits
     from vitedge.precision.stats import activation_ranges
     from vitedge.validate.metrics import compare_logits
@@ -433,6 +441,7 @@ def plan_int8(export_onnx: str | Path, calibration: np.ndarray, *, method: str =
     attention = activation_matmuls(quantized)
     with ui.Step("calibration statistics for the FP16 part"):
         ranges = activation_ranges(quantized, calibration)
+        floors = row_floors(quantized, calibration[:FLOOR_SAMPLES])
     with_residuals, residual_adds_changed = quantize_residuals(quantized, ranges)
     gate = np.ascontiguousarray(calibration[:GATE_SAMPLES])
     gate_labels = labels[:GATE_SAMPLES] if labels is not None else None
@@ -443,7 +452,7 @@ def plan_int8(export_onnx: str | Path, calibration: np.ndarray, *, method: str =
         if "attention" not in groups:
             graph_qdq = bypass_qdq(graph_qdq, attention)
         graph, fp16 = plan_fp16(graph_qdq, None, margin=margin or DEFAULT_MARGIN, io_fp16=io_fp16, keep=keep,
-                                ranges=ranges, fp32_ops=() if name == "fast" else DEFAULT_FP32_OPS)
+                                ranges=ranges, floors=floors, fp32_ops=() if name == "fast" else DEFAULT_FP32_OPS)
         drift = compare_logits(reference, run_logits(emulate_fp16(graph), gate), gate_labels)
         return {"graph": graph, "qdq": graph_qdq, "fp16": fp16, "drift": drift, "groups": groups}
 
