@@ -43,7 +43,7 @@ COMPILE_OPTIONS: dict[str, Any] = {
     "opt_level": {"type": "integer", "minimum": 0, "maximum": 5}, "timing_cache": _PATH,
     "hardware_compat": {"type": "string"}, "version_compatible": {"type": "boolean"},
     "io": {"enum": ["fp32", "fp16"]}, "fp16_margin": {"type": "number", "exclusiveMinimum": 0},
-    "quantize_attention": {"type": "boolean"},
+    "quantize_attention": {"type": "boolean"}, "plan": {"enum": ["accurate", "fast"]}, "quantized": _PATH,
 }
 
 
@@ -96,7 +96,7 @@ def recipe_schema() -> dict[str, Any]:
 # folder, --set values against the current directory.
 PATH_KEYS = (("output",), ("model", "weights"), ("model", "labels"), ("export", "data"),
              ("calibration", "data"), ("bench", "data"), ("targets", "*", "options", "val"),
-             ("targets", "*", "options", "timing_cache"))
+             ("targets", "*", "options", "timing_cache"), ("targets", "*", "options", "quantized"))
 SPEC_KEYS = (("model", "spec"), ("bench", "reference"))
 _SPEC_FILE_SUFFIXES = (".pt2", ".pt", ".ts", ".torchscript", ".jit")
 
