@@ -66,8 +66,9 @@ def describe(graph: onnx.ModelProto, reference: np.ndarray, gate: np.ndarray) ->
 
 def print_table(rows: dict[str, dict[str, Any]]) -> None:
     base = rows["vitedge accurate"]["profile"]["non_gemm_bytes"]
+    base_unfused = rows["vitedge accurate"]["profile"]["non_gemm_bytes_unfused"]
     head = f"{'plan':<26}{'Casts':>6}{'Q/DQ':>6}{'INT8':>6}{'FP16':>6}{'FP32':>6}{'non-GEMM MB':>13}" \
-           f"{'vs accurate':>12}{'top-1 agr.':>11}{'cos mean':>10}{'cos min':>9}{'TRT-ready':>11}"
+           f"{'vs accurate':>12}{'(unfused)':>11}{'top-1 agr.':>11}{'cos mean':>10}{'cos min':>9}{'TRT-ready':>11}"
     print(head)
     print("-" * len(head))
     for name, row in rows.items():
@@ -75,6 +76,7 @@ def print_table(rows: dict[str, dict[str, Any]]) -> None:
         ops = p["ops_by_precision"]
         print(f"{name:<26}{p['casts']:>6}{p['qdq_nodes']:>6}{ops.get('int8', 0):>6}{ops.get('fp16', 0):>6}"
               f"{ops.get('fp32', 0):>6}{p['non_gemm_bytes'] / 1e6:>13.2f}{p['non_gemm_bytes'] / base - 1:>+12.1%}"
+              f"{p['non_gemm_bytes_unfused'] / base_unfused - 1:>+11.1%}"
               f"{d['top1_agreement']:>11.4f}{d['cosine_mean']:>10.4f}{d['cosine_min']:>9.4f}"
               f"{'yes' if not row['readiness_problems'] else str(row['readiness_problems']) + ' errors':>11}")
 
@@ -122,7 +124,8 @@ def main() -> None:
     else:
         print("ModelOpt: skipped (no --modelopt-python)")
     print(f"\n{manifest['source'].get('spec')}, {len(x)} calibration images ({args.method}); drift: FP16-storage "
-          f"emulated vs FP32 export on {len(gate)} of them; non-GEMM bytes at batch 1 (proxy, not a timing)\n")
+          f"emulated vs FP32 export on {len(gate)} of them; non-GEMM bytes at batch 1 with TensorRT's "
+          "pointwise/epilogue fusions (and without them: unfused): a proxy, not a timing\n")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

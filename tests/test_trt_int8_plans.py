@@ -178,3 +178,22 @@ def test_a_group_over_the_drift_budget_stays_fp16(demo_export: Path, demo_calib_
     attention = [n for n in nodes if "over the drift budget" in n["reason"]]
     assert len(attention) == 8 and {n["dtype"] for n in attention} == {"fp16"}
     assert not any(n.name.endswith("__res_q") for n in graph.graph.node)
+
+
+def test_cost_proxy_counts_memory_traffic_with_and_without_tensorrt_fusions() -> None:
+    """x -> MatMul -> bias Add -> Erf -> LayerNorm -> y, every tensor 1 x 4 FP32 = 16 bytes."""
+    from vitedge.precision.profile import graph_profile
+
+    inits = [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+             numpy_helper.from_array(np.ones(4, np.float32), "b"),
+             numpy_helper.from_array(np.ones(4, np.float32), "gamma")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="mm"),
+             helper.make_node("Add", ["mm", "b"], ["biased"], name="bias"),
+             helper.make_node("Erf", ["biased"], ["act"], name="erf"),
+             helper.make_node("LayerNormalization", ["act", "gamma"], ["y"], name="ln")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], inits)
+    profile = graph_profile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), (1, 4))
+    assert profile["non_gemm_bytes_unfused"] == 3 * 32  # Add, Erf, LayerNorm: read 16 + write 16 each
+    assert profile["non_gemm_bytes_by_op"] == {"LayerNormalization": 32, "Erf": 16}  # mm, biased stay in registers
+    assert profile["ops_by_precision"] == {"fp32": 4} and profile["casts"] == 0

@@ -24,6 +24,10 @@ GEMM_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 VIEW_OPS = frozenset({"Shape", "Size", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Constant",
                       "ConstantOfShape", "Range"})
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+# Elementwise ops TensorRT fuses into one kernel with their neighbours (its PointWise fusion) and
+# into a GEMM's epilogue (bias, activation, residual). Cast is not one of them: it ends a fusion.
+POINTWISE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Erf", "Exp", "Log", "Tanh", "Sigmoid",
+                           "Relu", "Gelu", "LeakyRelu", "Clip", "Neg", "Abs", "Reciprocal", "Where", "Max", "Min"})
 _PRECISION = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16",
               TensorProto.INT8: "int8"}
 
@@ -81,8 +85,11 @@ def graph_profile(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[
     Non-GEMM bytes: every node that is not a GEMM/Conv, not folded (weights), not a view and
     not a DequantizeLinear (absorbed by its consumer) reads each activation input and writes
     each output once; a QuantizeLinear only writes its INT8 output (fused into the node that
-    produces its input). Casts and FP32 islands cost here; GEMM traffic is left out because
-    it is the same INT8 work in every plan.
+    produces its input). With TensorRT's documented fusions (`non_gemm_bytes`), a tensor that
+    a GEMM or pointwise node writes and only pointwise nodes read (bias Add, GELU's Div/Erf/
+    Add/Mul chain) never reaches memory; `non_gemm_bytes_unfused` assumes no fusion at all.
+    Casts and FP32 islands cost in both; GEMM traffic is left out because it is the same INT8
+    work in every plan.
     """
     from vitedge.precision.stats import float_tensor_types
 
@@ -90,8 +97,17 @@ def graph_profile(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[
     producers = {out: n for n in model.graph.node for out in n.output}
     folded = _constant_derived(model)
     sizes = tensor_bytes(model, input_shape)
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            readers.setdefault(t, []).append(node.op_type)
+    outputs = {o.name for o in model.graph.output}
+    # never written to memory: a GEMM's or pointwise node's output that only pointwise nodes read
+    fused = {out for node in model.graph.node if node.op_type in GEMM_OPS | POINTWISE_OPS for out in node.output
+             if out not in outputs and readers.get(out) and all(op in POINTWISE_OPS for op in readers[out])}
     precisions: Counter[str] = Counter()
     moved: Counter[str] = Counter()
+    unfused = 0
     for node in model.graph.node:
         if all(out in folded for out in node.output):
             continue  # weight-side: done at build time
@@ -101,13 +117,16 @@ def graph_profile(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[
         if node.op_type in GEMM_OPS | VIEW_OPS or node.op_type == "DequantizeLinear":
             continue
         reads = [] if node.op_type == "QuantizeLinear" else node.input  # Q: fused into its producer's write
-        moved[node.op_type] += sum(sizes.get(t, 0) for t in (*reads, *node.output) if t and t not in folded)
+        tensors = [t for t in (*reads, *node.output) if t and t not in folded]
+        unfused += sum(sizes.get(t, 0) for t in tensors)
+        moved[node.op_type] += sum(sizes.get(t, 0) for t in tensors if t not in fused)
     return {
         "casts": sum(n.op_type == "Cast" and n.output[0] not in folded for n in model.graph.node),
         "qdq_nodes": sum(n.op_type in QDQ_OPS for n in model.graph.node),
         "ops_by_precision": dict(sorted(precisions.items())),
         "non_gemm_bytes": int(sum(moved.values())),
-        "non_gemm_bytes_by_op": dict(moved.most_common()),
+        "non_gemm_bytes_by_op": {op: n for op, n in moved.most_common() if n},
+        "non_gemm_bytes_unfused": int(unfused),
         "batch": int(input_shape[0]),
     }
 
