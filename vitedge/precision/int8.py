@@ -6,6 +6,11 @@ LayerNorm, Softmax, GELU and the residual Adds stay float (INT8 there collapses 
 The two activation x activation MatMuls of attention (q@kT, attn@v) stay float too unless
 asked: on ViT-S/16 (2-core EPYC, ORT 1.31) quantizing them made INT8 slower (b1 129 ms vs 94 ms)
 for no accuracy gain. The result is a precision plan: every compute node, its dtype and why.
+
+For TensorRT, `plan_int8` builds two placement plans from one quantization: `accurate` (the
+above, with LayerNorm and Softmax FP32 islands) and `fast` (NVIDIA's explicit-quantization
+guidance: FP16 everywhere outside INT8 ops, attention MatMuls and residual skip inputs INT8
+where the measured drift allows), and records both plans' structure and drift.
 """
 
 from __future__ import annotations
@@ -365,16 +370,18 @@ def residual_adds(model: onnx.ModelProto) -> list[tuple[str, int]]:
     return found
 
 
-def quantize_residuals(model: onnx.ModelProto, ranges: dict[str, float]) -> tuple[onnx.ModelProto, list[str]]:
+def quantize_residuals(model: onnx.ModelProto, ranges: dict[str, float], exclude: Iterable[str] = (),
+                       ) -> tuple[onnx.ModelProto, list[str]]:
     """Q/DQ (symmetric INT8, per tensor, scale = calibrated max |x| / 127) on the skip input of
-    each residual Add, as NVIDIA's Q/DQ placement guide recommends so TensorRT can fuse the Add
-    into the GEMM before it. Returns the new graph and the Adds changed."""
+    each residual Add (but those in EXCLUDE), as NVIDIA's Q/DQ placement guide recommends so
+    TensorRT can fuse the Add into the GEMM before it. Returns the new graph and the Adds changed."""
     from onnx import helper, numpy_helper
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    targets = dict(residual_adds(out))
+    excluded = set(exclude)
+    targets = {name: index for name, index in residual_adds(out) if name not in excluded}
     nodes, changed = [], []
     for node in graph.node:
         skip_index = targets.get(node.name)
@@ -442,7 +449,7 @@ def plan_int8(export_onnx: str | Path, calibration: np.ndarray, *, method: str =
     with ui.Step("calibration statistics for the FP16 part"):
         ranges = activation_ranges(quantized, calibration)
         floors = row_floors(quantized, calibration[:FLOOR_SAMPLES])
-    with_residuals, residual_adds_changed = quantize_residuals(quantized, ranges)
+    with_residuals, residual_adds_changed = quantize_residuals(quantized, ranges, exclude=keep)
     gate = np.ascontiguousarray(calibration[:GATE_SAMPLES])
     gate_labels = labels[:GATE_SAMPLES] if labels is not None else None
     reference = run_logits(onnx.load(str(export_onnx)), gate)
