@@ -205,6 +205,12 @@ def print_compile_summary(manifest: Manifest, out_dir: str | Path) -> None:
         for (dtype, reason), count in Counter((e["dtype"], e["reason"]) for e in plan).most_common(8):
             table.add_row(str(count), dtype, escape(reason))
         out.print(table)
+    plans = manifest.get("int8_plans")
+    if plans:  # TensorRT INT8: both placement plans, so the user can choose
+        out.print("  INT8 plans (--plan; speed not measured): " + " | ".join(
+            f"{name}{' (chosen)' if name == plans['chosen'] else ''}: {p['profile']['casts']} Casts, "
+            f"{p['profile']['non_gemm_bytes'] / 1e6:.1f} MB non-GEMM, cosine {p['drift']['cosine_mean']:.4f}"
+            for name, p in plans.items() if name in ("accurate", "fast")))
     val = manifest.get("validation")
     if val:
         line = (f"  validation ({val['samples']} images vs FP32 ONNX): top-1 agreement {val['top1_agreement']:.4f}, "
