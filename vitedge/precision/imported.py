@@ -92,6 +92,13 @@ def import_graph(path: str | Path, export_onnx: Path) -> tuple[onnx.ModelProto, 
     mismatches = _io_mismatches(graph, export)
     if mismatches:
         raise BadInput(f"--quantized {path} is not the export's network: " + "; ".join(mismatches))
+    from vitedge.backends.onnxruntime import session
+
+    try:  # the drift check runs it on CPU: a graph ONNX Runtime cannot load (plugins) is refused now
+        session(path, optimize=False)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"--quantized {path}: ONNX Runtime cannot run it on CPU to check it ({first})") from exc
     producer = " ".join(p for p in (graph.producer_name, graph.producer_version) if p) or "unknown"
     types = float_tensor_types(graph)
     producers = {out: n for n in graph.graph.node for out in n.output}
