@@ -106,6 +106,13 @@ def test_another_network_or_other_io_is_refused(cli, demo_export: Path, digits_c
             "--calib-size", "32", "--quantized", tmp_path / "renamed.onnx", "-o", tmp_path / "b")
     assert r.code == 2 and "is not the export's network: inputs ['image']" in r.text
     assert not (tmp_path / "b").exists()
+    model = onnx.load(str(qat_graph))
+    model.graph.node[-1].domain = "trt.plugins"  # a TensorRT plugin op: nothing on CPU runs it
+    model.opset_import.append(helper.make_opsetid("trt.plugins", 1))
+    onnx.save(model, str(tmp_path / "plugin.onnx"))
+    r = cli("compile", demo_export, "--target", "tensorrt", "--precision", "int8", "--calib", digits_calib,
+            "--calib-size", "32", "--quantized", tmp_path / "plugin.onnx", "-o", tmp_path / "c")
+    assert r.code == 2 and "ONNX Runtime cannot run it on CPU" in r.text and not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize(("flags", "words"), [
