@@ -192,3 +192,61 @@ def test_stress_fp32_islands_keep_an_overflowing_vit_correct(tmp_path: Path) -> 
         out = _run_graph(graph_run, held_out)
         assert np.isfinite(out).all()
         assert compare_logits(ref_held_out, out)["top1_agreement"] == 1.0
+
+
+def _tiny_row_graph(pos_scale: float) -> onnx.ModelProto:
+    """A cls row of 1e-6 values concatenated to x, plus a position term of POS_SCALE, then LayerNorm."""
+    inits = [numpy_helper.from_array(np.full((1, 1, 4), 1e-6, np.float32), "cls"),
+             numpy_helper.from_array(np.full((1, 3, 4), pos_scale, np.float32), "pos"),
+             numpy_helper.from_array(np.ones(4, np.float32), "ln_scale"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "ln_bias")]
+    nodes = [helper.make_node("Concat", ["cls", "x"], ["tokens"], name="concat", axis=1),
+             helper.make_node("Add", ["tokens", "pos"], ["embedded"], name="add_pos"),
+             helper.make_node("LayerNormalization", ["embedded", "ln_scale", "ln_bias"], ["y"], name="ln")]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", F32, [1, 2, 4])],
+                              [helper.make_tensor_value_info("y", F32, [1, 3, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+
+def test_rows_below_fp16_normals_that_reach_layernorm_stay_fp32() -> None:
+    from vitedge.precision.fp16 import row_floors
+
+    x = np.random.default_rng(0).standard_normal((1, 2, 4)).astype(np.float32)  # one sample (fixed batch 1)
+    for pos_scale, kept in ((0.0, {"concat", "add_pos", "ln"}), (0.02, set())):  # 0.02: the tiny row is swamped
+        model = _tiny_row_graph(pos_scale)
+        floors = row_floors(model, x)
+        assert floors["tokens"] == pytest.approx(1e-6)
+        islands = {i.node: i.reason for i in choose_islands(model, {}, floors=floors, fp32_ops=())}
+        assert set(islands) == kept, islands
+        if kept:
+            assert "below FP16's smallest normal" in islands["ln"] and "scales it up" in islands["ln"]
+            assert "reaches LayerNormalization ln unswamped" in islands["concat"]
+
+
+def test_layerscale_vit_fp16_drift_fixed_by_small_end_islands(tmp_path: Path) -> None:
+    """DeiT-3 style (random init, labelled so): LayerScale gammas 1e-6 and a cls token of ~1e-6 without a
+    position embedding. Today's islands (LayerNorm, Softmax) leave the cls row subnormal in FP16."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0,
+                            num_classes=10, init_values=1e-6, no_embed_class=True).eval()
+    x = torch.randn(96, 3, 32, 32)
+    with torch.no_grad():
+        reference = vit(x).numpy()[64:]
+    torch.onnx.export(vit, (x[:2],), str(tmp_path / "deit3.onnx"), dynamo=True, opset_version=18,
+                      input_names=["pixel_values"], output_names=["logits"], verbose=False,
+                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
+    model, calib, held_out = onnx.load(str(tmp_path / "deit3.onnx")), x.numpy()[:64], x.numpy()[64:]
+
+    def relative_error(graph: onnx.ModelProto) -> float:
+        out = _run_graph(emulate_fp16(graph), held_out)
+        return float(np.abs(out - reference).max() / np.abs(reference).max())
+
+    today = convert_fp16(model, [n.name for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")])
+    graph, plan = plan_fp16(model, calib)
+    assert relative_error(today) > 0.01 and relative_error(graph) < 0.002
+    reasons = {(i["module"], i["op"]): i["reason"] for i in plan["fp32_islands"]}
+    assert "multiplies by constant blocks.0.ls1.gamma" in reasons["blocks.0.ls1", "Mul"]
+    assert "reaches LayerNormalization" in reasons["blocks.1", "Add"] and plan["fp16_floor"] == 2.0 ** -14

@@ -10,6 +10,11 @@ import onnx
 
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})  # the explicit-quantization node pair
+# Data movement and shape arithmetic: not part of a precision plan.
+LAYOUT_OPS = frozenset({
+    "Shape", "Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Concat", "Gather", "Expand",
+    "Constant", "ConstantOfShape", "Identity", "Flatten", "Cast", "Range", "Split", "Size",
+})
 
 
 def default_opset(model: onnx.ModelProto) -> int:

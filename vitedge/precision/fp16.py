@@ -5,28 +5,35 @@ every node is written into the graph: FP16 tensors and initializers everywhere, 
 "islands" of nodes computed in FP32, with Cast nodes at their borders. LayerNormalization
 and Softmax are islands by default, and so is every node whose input or output reached
 more than `margin` x 65504 on the calibration set (or that holds constants beyond FP16's
-range). Integer paths (Shape, Range, indices) are left untouched, graph I/O stays FP32
-unless asked otherwise, and Q/DQ nodes take the precision of the node they feed, with
-FP16 scales (opset >= 19), so TensorRT can fuse them into INT8 kernels.
+range). The other end counts too: a node whose tensor has a whole row (the last axis, what
+LayerNorm and Softmax normalise) below FP16's smallest normal 2^-14, or that reads a constant
+living there (LayerScale gammas of 1e-6, DeiT-3's cls token), would keep only FP16's
+subnormal bits, which LayerNorm then scales up: it stays FP32 too. Integer paths (Shape,
+Range, indices) are left untouched, graph I/O stays FP32 unless asked otherwise, and Q/DQ
+nodes take the precision of the node they feed, with FP16 scales (opset >= 19), so TensorRT
+can fuse them into INT8 kernels.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vitedge.onnx_utils import QDQ_OPS, default_opset, module_name
+from vitedge.onnx_utils import LAYOUT_OPS, QDQ_OPS, default_opset, module_name
 from vitedge.precision.stats import activation_ranges, float_tensor_types
 
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 2.0 ** -14
 DEFAULT_MARGIN = 0.1  # 10x headroom over the largest calibrated value
+FLOOR_SAMPLES = 64  # calibration images for the small-end statistics (row floors)
 DEFAULT_FP32_OPS = ("LayerNormalization", "Softmax")
 QDQ_MIN_OPSET = 19  # Q/DQ take float16 inputs and scales from opset 19
 
@@ -92,14 +99,105 @@ def _constant_peak(node: onnx.NodeProto) -> float:
     return 0.0
 
 
+def row_floors(model: onnx.ModelProto, inputs: np.ndarray, batch_size: int = 8) -> dict[str, float]:
+    """The smallest non-zero row peak of every float32 tensor over INPUTS (NCHW float32).
+
+    A row is a vector along the last axis (a token's features, an attention row); its peak is
+    its max |x|. A row of zeros is exact in FP16 and ignored. A tensor whose floor is below
+    2^-14 holds at least one row that FP16 stores as subnormals only.
+    """
+    from vitedge.ortsession import session
+
+    types = float_tensor_types(model)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        for out in node.output:
+            if out and types.get(out) == FLOAT and out not in existing:
+                probe.graph.output.append(helper.make_tensor_value_info(out, FLOAT, None))
+    feed = next(i.name for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer})
+    floors: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="vitedge-floors-") as tmp:
+        path = Path(tmp) / "probe.onnx"
+        onnx.save(probe, str(path))
+        sess = session(path, optimize=False)
+        names = [o.name for o in sess.get_outputs()]
+        for start in range(0, len(inputs), batch_size):
+            batch = np.ascontiguousarray(inputs[start:start + batch_size], dtype=np.float32)
+            for name, value in zip(names, sess.run(names, {feed: batch}), strict=True):
+                if value.dtype != np.float32 or value.ndim == 0 or value.size == 0:
+                    continue
+                peaks = np.abs(value).reshape(-1, value.shape[-1]).max(axis=1)
+                peaks = peaks[(peaks > 0) & np.isfinite(peaks)]
+                if peaks.size:
+                    floors[name] = min(floors.get(name, float("inf")), float(peaks.min()))
+    return floors
+
+
+def _tiny_constant(init: onnx.TensorProto) -> float | None:
+    """The largest |value| of a float constant whose non-zero values all sit below 2^-14 (else None)."""
+    values = numpy_helper.to_array(init)
+    if values.dtype.kind != "f" or not values.size:
+        return None
+    peak = float(np.max(np.abs(values)))
+    return peak if 0 < peak < FP16_MIN_NORMAL else None
+
+
+# Ops that divide what they read by its own scale, so a row FP16 stores as subnormals comes out
+# wrong at full size (Softmax is shift-, not scale-invariant: tiny logits give a near-uniform row).
+_NORMALIZING_OPS = frozenset({"LayerNormalization", "LpNormalization", "InstanceNormalization",
+                              "GroupNormalization"})
+# Ops whose result carries a constant operand's relative error.
+_MULTIPLICATIVE_OPS = frozenset({"Mul", "Div", "MatMul", "Gemm", "Conv"})
+
+
+def _underflow_chains(model: onnx.ModelProto, floors: dict[str, float]) -> dict[str, str]:
+    """Node -> reason, for tensors with a row below 2^-14 that reach a normalising op or the output.
+
+    Walking back from each such reader (LayerNorm, the graph output) through the
+    producers whose outputs are still that small, and on through the inputs the small row came
+    from (within 16x): a small row that is later swamped by a larger addend (a cls token plus
+    its position embedding) loses nothing that matters, and the input of a Mul by a tiny
+    constant (a LayerScale gamma) is not small itself.
+    """
+    def small(tensor: str) -> bool:
+        return floors.get(tensor, float("inf")) < FP16_MIN_NORMAL
+
+    producers = {out: n for n in model.graph.node for out in n.output}
+    found: dict[str, str] = {}
+    readers = [(n, n.op_type, n.input) for n in model.graph.node if n.op_type in _NORMALIZING_OPS]
+    readers += [(None, "the graph output", [o.name]) for o in model.graph.output]
+    stack: list[tuple[str, str]] = []
+    for node, what, inputs in readers:
+        for tensor in (t for t in inputs if small(t)):
+            if node is not None:
+                found.setdefault(node.name, f"reads {tensor}, a row of which peaks at {floors[tensor]:.3g} on the "
+                                            f"calibration set: below FP16's smallest normal 2^-14 it is subnormal, "
+                                            f"and {what} scales it up")
+            stack.append((tensor, f"{what} {node.name}" if node is not None else what))
+    while stack:
+        tensor, target = stack.pop()
+        producer = producers.get(tensor)
+        if producer is None or producer.name in found or producer.op_type in QDQ_OPS:
+            continue
+        found[producer.name] = (f"a row of {tensor} peaks at {floors[tensor]:.3g} on the calibration set, below "
+                                f"FP16's smallest normal 2^-14 (subnormal in FP16), and reaches {target} unswamped")
+        # on through inputs that brought the small row (not ones a tiny constant factor shrank)
+        stack += [(t, target) for t in producer.input if small(t) and floors[t] <= 16 * floors[tensor]]
+    return found
+
+
 def choose_islands(model: onnx.ModelProto, ranges: dict[str, float], *,
                    margin: float = DEFAULT_MARGIN, fp32_ops: Iterable[str] = DEFAULT_FP32_OPS,
-                   keep: Iterable[str] = ()) -> list[Island]:
+                   keep: Iterable[str] = (), floors: dict[str, float] | None = None) -> list[Island]:
     """The nodes that must compute in FP32, each with its reason.
 
     RANGES maps tensor names to calibrated max |x| (see `stats.activation_ranges`, run on
-    this very graph); KEEP names nodes the user asked to keep in float (`--ignored-scope`).
+    this very graph), FLOORS to the smallest non-zero row peak (`row_floors`); KEEP names
+    nodes the user asked to keep in float (`--ignored-scope`).
     """
+    underflow = _underflow_chains(model, floors or {})
     if not 0 < margin <= 1:
         raise ValueError(f"the FP16 margin is a fraction of 65504 in (0, 1], got {margin}")
     threshold = margin * FP16_MAX
@@ -130,6 +228,13 @@ def choose_islands(model: onnx.ModelProto, ranges: dict[str, float], *,
         big = [t for t in tensors if t in inits and _init_peak(inits[t]) > FP16_MAX]
         if big or (node.op_type == "Constant" and _constant_peak(node) > FP16_MAX):
             reasons.append(f"constant {(big or node.output)[0]} holds values beyond FP16's range")
+        if node.name in underflow:
+            reasons.append(underflow[node.name])
+        tiny = {t: p for t in tensors if t in inits and (p := _tiny_constant(inits[t])) is not None}
+        if tiny and node.op_type in _MULTIPLICATIVE_OPS:
+            tensor, peak = next(iter(tiny.items()))
+            reasons.append(f"multiplies by constant {tensor}, which peaks at {peak:.3g}: below FP16's smallest "
+                           f"normal 2^-14 it keeps only subnormal bits (relative error up to {2**-24 / peak:.0%})")
         if reasons:
             islands.append(Island(node.name, node.op_type, module_name(node), "; ".join(reasons)))
     return islands
@@ -296,8 +401,16 @@ def _cast_name(tensor: str, dtype: int) -> str:
 
 
 def _retype_attributes(node: onnx.NodeProto) -> None:
-    """Attributes that spell a float32 dtype or value, rewritten for an FP16 node."""
-    if node.op_type == "Cast":
+    """Attributes that spell a float32 dtype or value, rewritten for an FP16 node.
+
+    An FP16 LayerNormalization gets `stash_type=1` written out: FP16 I/O, mean and variance
+    accumulated in FP32 (ONNX's default, made explicit so the graph says what TensorRT runs).
+    """
+    if node.op_type == "LayerNormalization":
+        kept = [a for a in node.attribute if a.name != "stash_type"]  # axis, epsilon
+        del node.attribute[:]
+        node.attribute.extend([*kept, helper.make_attribute("stash_type", 1)])
+    elif node.op_type == "Cast":
         for attr in node.attribute:
             if attr.name == "to" and attr.i == FLOAT:
                 attr.i = FLOAT16
@@ -383,8 +496,6 @@ def _round_through_fp16(exact: str, stored: str) -> list[onnx.NodeProto]:
 
 def node_precisions(model: onnx.ModelProto, islands: list[Island]) -> list[dict[str, Any]]:
     """Every compute node (layout and Q/DQ nodes aside): {node, op, module, dtype, reason}."""
-    from vitedge.precision.int8 import LAYOUT_OPS
-
     kept = {i.node: i.reason for i in islands}
     return [{"node": n.name, "op": n.op_type, "module": module_name(n),
              "dtype": "fp32" if n.name in kept else "fp16", "reason": kept.get(n.name, "FP16")}
@@ -392,9 +503,15 @@ def node_precisions(model: onnx.ModelProto, islands: list[Island]) -> list[dict[
 
 
 def plan_fp16(model: onnx.ModelProto, calibration: np.ndarray | None, *, margin: float = DEFAULT_MARGIN,
-              io_fp16: bool = False, keep: Iterable[str] = ()) -> tuple[onnx.ModelProto, dict[str, Any]]:
+              io_fp16: bool = False, keep: Iterable[str] = (), fp32_ops: Iterable[str] = DEFAULT_FP32_OPS,
+              ranges: dict[str, float] | None = None, floors: dict[str, float] | None = None,
+              ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """FP16 graph with FP32 islands chosen from CALIBRATION (NCHW float32), and its record.
 
+    RANGES and FLOORS (`row_floors`), when given, are the calibration statistics already
+    measured (on this graph or one with the same tensor names), so CALIBRATION is not run again.
+    FP32_OPS are the default islands (`()` for none: LayerNorm then runs with FP16 I/O and
+    its FP32 `stash_type` accumulation).
     The record: margin, I/O dtype, Casts added, calibration facts, `fp32_islands` (node, op,
     PyTorch module, reason) and `nodes` (every compute node's dtype and why).
     """
@@ -402,8 +519,11 @@ def plan_fp16(model: onnx.ModelProto, calibration: np.ndarray | None, *, margin:
     named.CopyFrom(model)
     name_nodes(named)
     has_data = calibration is not None and len(calibration) > 0
-    ranges = activation_ranges(named, calibration) if has_data else {}
-    islands = choose_islands(named, ranges, margin=margin, keep=keep)
+    if ranges is None:
+        ranges = activation_ranges(named, calibration) if has_data else {}
+    if floors is None:
+        floors = row_floors(named, calibration[:FLOOR_SAMPLES]) if has_data else {}
+    islands = choose_islands(named, ranges, margin=margin, keep=keep, fp32_ops=fp32_ops, floors=floors)
     converted = convert_fp16(named, [i.node for i in islands], io_fp16=io_fp16)
     nodes = node_precisions(named, islands)
     finite = [v for v in ranges.values() if np.isfinite(v)]
@@ -411,6 +531,7 @@ def plan_fp16(model: onnx.ModelProto, calibration: np.ndarray | None, *, margin:
         "io": "fp16" if io_fp16 else "fp32",
         "fp16_margin": margin,
         "fp16_threshold": margin * FP16_MAX,
+        "fp16_floor": FP16_MIN_NORMAL,  # rows peaking below this are subnormal in FP16
         "casts_added": sum(n.op_type == "Cast" for n in converted.graph.node)
         - sum(n.op_type == "Cast" for n in named.graph.node),
         "calibration_samples": len(calibration) if has_data else 0,

@@ -6,6 +6,11 @@ LayerNorm, Softmax, GELU and the residual Adds stay float (INT8 there collapses 
 The two activation x activation MatMuls of attention (q@kT, attn@v) stay float too unless
 asked: on ViT-S/16 (2-core EPYC, ORT 1.31) quantizing them made INT8 slower (b1 129 ms vs 94 ms)
 for no accuracy gain. The result is a precision plan: every compute node, its dtype and why.
+
+For TensorRT, `plan_int8` builds two placement plans from one quantization: `accurate` (the
+above, with LayerNorm and Softmax FP32 islands) and `fast` (NVIDIA's explicit-quantization
+guidance: FP16 everywhere outside INT8 ops, attention MatMuls and residual skip inputs INT8
+where the measured drift allows), and records both plans' structure and drift.
 """
 
 from __future__ import annotations
@@ -25,15 +30,10 @@ import onnx
 from vitedge import ui
 from vitedge.data import INPUT_NAME
 from vitedge.errors import BadInput, CompileFailed
-from vitedge.onnx_utils import NAME_SCOPES_KEY, QDQ_OPS, module_name
+from vitedge.onnx_utils import LAYOUT_OPS, NAME_SCOPES_KEY, QDQ_OPS, module_name
 
 QUANT_OP_TYPES = ("Conv", "MatMul", "Gemm")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
-# Data movement and shape arithmetic: not part of a precision plan.
-LAYOUT_OPS = frozenset({
-    "Shape", "Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Concat", "Gather", "Expand",
-    "Constant", "ConstantOfShape", "Identity", "Flatten", "Cast", "Range", "Split", "Size",
-})
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,12 @@ def constant_names(model: onnx.ModelProto) -> set[str]:
 
 
 def activation_matmuls(model: onnx.ModelProto) -> list[str]:
-    """MatMuls whose inputs are both activations: attention's q@kT and attn@v."""
+    """MatMuls whose inputs are both activations: attention's q@kT and attn@v.
+
+    A DequantizeLinear of a constant (a quantized weight) counts as a constant.
+    """
     consts = constant_names(model)
+    consts.update(n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in consts)
     return [n.name for n in model.graph.node
             if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
 
@@ -274,3 +278,256 @@ def quantize_qdq(onnx_in: str | Path, onnx_out: str | Path, tensors: np.ndarray,
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --- placement plans for TensorRT: `accurate` (default) and `fast` -------------------------------
+
+PLANS = ("accurate", "fast")
+DEFAULT_PLAN = "accurate"
+GATE_SAMPLES = 64  # calibration images on which the fast plan's optional quantizations are measured
+GATE_MAX_TOP1_LOSS = 0.005  # a group may cost at most 0.5 points of top-1 agreement...
+GATE_MAX_COSINE_LOSS = 0.005  # ...and 0.005 of mean logit cosine vs the plan without it
+
+
+def bypass_qdq(model: onnx.ModelProto, consumers: Iterable[str]) -> onnx.ModelProto:
+    """A copy of MODEL in which the named nodes read their activations directly, not through Q -> DQ.
+
+    Q/DQ pairs left without readers are removed (weights keep theirs: only activation pairs
+    are bypassed), so e.g. the attention MatMuls of a fully quantized graph become float.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    consts = constant_names(out)
+    producers = {o: n for n in graph.node for o in n.output}
+    targets = set(consumers)
+    for node in graph.node:
+        if node.name not in targets:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producers.get(name)
+            q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in consts:
+                node.input[i] = q.input[0]
+    _prune(graph)
+    return out
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop Q/DQ nodes nothing reads any more, then initializers nothing reads."""
+    while True:
+        read = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in QDQ_OPS and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    read = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
+    unused = [i for i in graph.initializer if i.name not in read]
+    for init in unused:
+        graph.initializer.remove(init)
+
+
+def residual_adds(model: onnx.ModelProto) -> list[tuple[str, int]]:
+    """(Add node, index of its skip input) for every residual Add whose other input is a GEMM branch.
+
+    The branch is a MatMul/Gemm/Conv output, possibly through its bias Add and a LayerScale
+    Mul (each with a constant operand); the skip input is the residual stream.
+    """
+    consts = constant_names(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def gemm_branch(tensor: str, depth: int = 0) -> bool:
+        node = producers.get(tensor)
+        if node is None or depth > 2:
+            return False
+        if node.op_type in QUANT_OP_TYPES:
+            return True
+        activations = [t for t in node.input if t not in consts]
+        return node.op_type in ("Add", "Mul") and len(activations) == 1 and gemm_branch(activations[0], depth + 1)
+
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Add" or len(node.input) != 2 or any(t in consts for t in node.input):
+            continue
+        branch = [gemm_branch(t) for t in node.input]
+        if branch.count(True) == 1:
+            found.append((node.name, branch.index(False)))
+    return found
+
+
+def quantize_residuals(model: onnx.ModelProto, ranges: dict[str, float], exclude: Iterable[str] = (),
+                       ) -> tuple[onnx.ModelProto, list[str]]:
+    """Q/DQ (symmetric INT8, per tensor, scale = calibrated max |x| / 127) on the skip input of
+    each residual Add (but those in EXCLUDE), as NVIDIA's Q/DQ placement guide recommends so
+    TensorRT can fuse the Add into the GEMM before it. Returns the new graph and the Adds changed."""
+    from onnx import helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    excluded = set(exclude)
+    targets = {name: index for name, index in residual_adds(out) if name not in excluded}
+    nodes, changed = [], []
+    for node in graph.node:
+        skip_index = targets.get(node.name)
+        peak = ranges.get(node.input[skip_index]) if skip_index is not None else None
+        if peak is not None and 0 < peak < float("inf"):
+            skip = node.input[skip_index]
+            scale, zero = f"{node.name}__res_scale", f"{node.name}__res_zero"
+            graph.initializer.extend([numpy_helper.from_array(np.float32(peak / 127.0), scale),
+                                      numpy_helper.from_array(np.int8(0), zero)])
+            nodes += [helper.make_node("QuantizeLinear", [skip, scale, zero], [f"{skip}__res_q_{node.name}"],
+                                       name=f"{node.name}__res_q"),
+                      helper.make_node("DequantizeLinear", [f"{skip}__res_q_{node.name}", scale, zero],
+                                       [f"{skip}__res_dq_{node.name}"], name=f"{node.name}__res_dq")]
+            for copied in nodes[-2:]:
+                copied.metadata_props.extend(node.metadata_props)
+            node.input[skip_index] = f"{skip}__res_dq_{node.name}"
+            changed.append(node.name)
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return out, changed
+
+
+_DRIFT_KEYS = ("samples", "top1_agreement", "cosine_mean", "cosine_min", "max_abs_err", "kl_mean",
+               "ref_top1_acc", "top1_acc", "acc_drop")
+
+
+def plan_int8(export_onnx: str | Path, calibration: np.ndarray, *, method: str = "entropy",
+              keep: Iterable[str] = (), quantize_attention: bool = False, plan: str = DEFAULT_PLAN,
+              margin: float | None = None, io_fp16: bool = False, labels: np.ndarray | None = None,
+              ) -> tuple[onnx.ModelProto, list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Both INT8 placement plans for TensorRT: the chosen one's graph, its nodes (dtype and why),
+    its FP16 record, and `int8_plans` (per plan: graph_profile, drift, quantized groups).
+
+    One quantization (every GEMM input, attention included) and one statistics pass serve both.
+    `accurate` (today's plan): attention MatMuls float unless QUANTIZE_ATTENTION, LayerNorm and
+    Softmax FP32 islands. `fast` (NVIDIA's explicit-quantization guidance): FP16 everywhere
+    outside INT8 ops, LayerNorm with FP16 I/O and FP32 stash_type, no islands unless a range
+    needs one, and two optional groups (attention MatMuls, residual skip inputs) each kept only
+    when its measured drift on the calibration images stays within the budget.
+    """
+    from vitedge.metrics import compare_logits
+    from vitedge.precision.fp16 import (
+        DEFAULT_FP32_OPS,
+        DEFAULT_MARGIN,
+        FLOOR_SAMPLES,
+        emulate_fp16,
+        name_nodes,
+        plan_fp16,
+        row_floors,
+    )
+    from vitedge.precision.profile import graph_profile, run_logits
+    from vitedge.precision.smoothquant import migrated
+    from vitedge.precision.stats import activation_ranges, calibration_batch_size
+
+    if plan not in PLANS:
+        raise BadInput(f"--plan takes {' or '.join(PLANS)}, got {plan!r}")
+    keep = list(keep)
+    with tempfile.TemporaryDirectory(prefix="vitedge-trt-int8-") as tmp:
+        out = Path(tmp) / "int8.onnx"
+        with migrated(export_onnx, calibration) as (smoothed, _):  # activation outliers -> per-channel weights
+            quantize_qdq(smoothed, out, calibration, method=method, exclude_nodes=keep,
+                         quantize_attention_matmuls=True,
+                         batch_size=calibration_batch_size(smoothed))  # bounded memory
+        quantized = onnx.load(str(out))
+    name_nodes(quantized)
+    attention = activation_matmuls(quantized)
+    with ui.Step("calibration statistics for the FP16 part"):
+        ranges = activation_ranges(quantized, calibration)
+        floors = row_floors(quantized, calibration[:FLOOR_SAMPLES])
+    with_residuals, residual_adds_changed = quantize_residuals(quantized, ranges, exclude=keep)
+    gate = np.ascontiguousarray(calibration[:GATE_SAMPLES])
+    gate_labels = labels[:GATE_SAMPLES] if labels is not None else None
+    reference = run_logits(onnx.load(str(export_onnx)), gate)
+
+    def build(name: str, groups: frozenset[str]) -> dict[str, Any]:
+        graph_qdq = with_residuals if "residual" in groups else quantized
+        if "attention" not in groups:
+            graph_qdq = bypass_qdq(graph_qdq, attention)
+        graph, fp16 = plan_fp16(graph_qdq, None, margin=margin or DEFAULT_MARGIN, io_fp16=io_fp16, keep=keep,
+                                ranges=ranges, floors=floors, fp32_ops=() if name == "fast" else DEFAULT_FP32_OPS)
+        drift = compare_logits(reference, run_logits(emulate_fp16(graph), gate), gate_labels)
+        return {"graph": graph, "qdq": graph_qdq, "fp16": fp16, "drift": drift, "groups": groups}
+
+    with ui.Step("INT8 plans accurate and fast, drift measured on the calibration images"):
+        plans = {"accurate": build("accurate", frozenset({"attention"} if quantize_attention else ())),
+                 "fast": None}
+        plans["fast"], decisions = _choose_fast(build, quantize_attention, bool(residual_adds_changed))
+    record: dict[str, Any] = {
+        "chosen": plan,
+        "gate": {"samples": int(len(gate)), "data": "calibration images", "run": "FP16-storage emulated vs the "
+                 "export's FP32 ONNX", "max_top1_loss": GATE_MAX_TOP1_LOSS, "max_cosine_loss": GATE_MAX_COSINE_LOSS},
+        "speed": "inferred from NVIDIA's guidance, not measured here (no TensorRT)",
+    }
+    for name, built in plans.items():
+        record[name] = {"profile": graph_profile(built["graph"], (1, *calibration.shape[1:])),
+                        "drift": {k: built["drift"][k] for k in _DRIFT_KEYS if k in built["drift"]},
+                        "quantized_groups": sorted(built["groups"])}
+    record["fast"]["decisions"] = decisions
+    chosen = plans[plan]
+    nodes = _int8_nodes(chosen, attention, keep, residual_adds_changed, plan)
+    return chosen["graph"], nodes, chosen["fp16"], record
+
+
+def _drift_loss(base: dict[str, float], trial: dict[str, float]) -> dict[str, float]:
+    return {"top1_loss": round(base["top1_agreement"] - trial["top1_agreement"], 6),
+            "cosine_loss": round(base["cosine_mean"] - trial["cosine_mean"], 6)}
+
+
+def _within_budget(loss: dict[str, float]) -> bool:
+    return loss["top1_loss"] <= GATE_MAX_TOP1_LOSS and loss["cosine_loss"] <= GATE_MAX_COSINE_LOSS
+
+
+def _choose_fast(build: Any, force_attention: bool, has_residuals: bool) -> tuple[dict[str, Any], list[dict]]:
+    """The fast plan: each optional group measured against the plan without it; kept within budget."""
+    fixed = frozenset({"attention"}) if force_attention else frozenset()
+    base = build("fast", fixed)
+    decisions: list[dict[str, Any]] = []
+    if force_attention:
+        decisions.append({"group": "attention", "quantized": True, "reason": "--quantize-attention"})
+    trials = {}
+    for group in [g for g, wanted in (("attention", not force_attention), ("residual", has_residuals)) if wanted]:
+        trial = build("fast", fixed | {group})
+        loss = _drift_loss(base["drift"], trial["drift"])
+        ok = _within_budget(loss)
+        decisions.append({"group": group, "quantized": ok, **loss,
+                          "reason": "within the drift budget" if ok else "over the drift budget: kept FP16"})
+        if ok:
+            trials[group] = trial
+    if len(trials) < 2:
+        return next(iter(trials.values()), base), decisions
+    both = build("fast", fixed | set(trials))
+    loss = _drift_loss(base["drift"], both["drift"])
+    if _within_budget(loss):
+        return both, decisions
+    worse = max(trials, key=lambda g: next(d["cosine_loss"] for d in decisions if d["group"] == g))
+    for decision in decisions:
+        if decision["group"] == worse:
+            decision.update(quantized=False, reason=f"within budget alone, over it together with the other group "
+                                                   f"(cosine loss {loss['cosine_loss']:.4g}): kept FP16")
+    return trials[next(g for g in trials if g != worse)], decisions
+
+
+def _int8_nodes(built: dict[str, Any], attention: list[str], keep: list[str], residual_adds_changed: list[str],
+                plan: str) -> list[dict[str, Any]]:
+    """Every compute node of a built plan: INT8 where quantized, else FP16 unless an FP32 island."""
+    fp16 = built["fp16"]
+    fp16.pop("nodes", None)
+    islands = {i["node"]: i["reason"] for i in fp16["fp32_islands"]}
+    residuals = set(residual_adds_changed) if "residual" in built["groups"] else set()
+    nodes = []
+    for entry in qdq_plan(built["qdq"], attention=attention, excluded=keep):
+        if entry["dtype"] == "int8":
+            nodes.append(entry)
+            continue
+        reason = entry["reason"]
+        if entry["node"] in residuals:
+            reason = "residual Add: skip input INT8 (Q/DQ placement for fusion into the GEMM)"
+        elif plan == "fast" and entry["node"] in attention:
+            reason = "attention MatMul (activation x activation): INT8 here was over the drift budget"
+        nodes.append({**entry, "dtype": "fp32" if entry["node"] in islands else "fp16",
+                      "reason": islands.get(entry["node"], f"{reason} (FP16)")})
+    return nodes

@@ -2,8 +2,12 @@
 
 TensorRT's explicit quantization is symmetric INT8: zero points must be constant zeros of
 type INT8, scales constant, per-channel scales only on constant weights (along the output
-channel), and no INT32 bias dequantization. LayerNorm spelled out as ReduceMean/Pow/Sqrt
-overflows in FP16 and is not fused into one normalization layer. Every problem names its node.
+channel), and no INT32 bias dequantization. A weight may come in any of the three forms
+TensorRT documents: an FP32/FP16 weight -> QuantizeLinear -> DequantizeLinear (what NVIDIA
+ModelOpt and QAT exports write; TensorRT quantizes it at build time), an INT8 weight ->
+DequantizeLinear (what ONNX Runtime writes), or a weight-only DequantizeLinear with float
+activations. LayerNorm spelled out as ReduceMean/Pow/Sqrt overflows in FP16 and is not fused
+into one normalization layer. Every problem names its node.
 """
 
 from __future__ import annotations
@@ -47,6 +51,29 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
 
 
+# Ops through which a constant stays a constant (TensorRT folds them at build time); the
+# first four keep the rank of their input.
+_SAME_RANK = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast", "Identity", "Transpose"})
+_WEIGHT_PRESERVING = _SAME_RANK | {"Reshape", "Squeeze", "Unsqueeze"}
+
+
+def weight_tensors(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -> dict[str, int | None]:
+    """Constants, and everything computed from constants only through Q/DQ, Cast and layout ops,
+    with their rank (None: not known without shape inference).
+
+    The output of `QuantizeLinear(FP16 weight)` is such a tensor: a weight, not an activation.
+    """
+    weights: dict[str, int | None] = {name: value.ndim for name, value in constants.items()}
+    for node in model.graph.node:  # topologically sorted
+        data = node.input[:1] if node.op_type in QDQ_OPS else [t for t in node.input if t]
+        if node.op_type in _WEIGHT_PRESERVING and data and all(t in weights for t in data):
+            rank = weights[data[0]] if node.op_type in _SAME_RANK else None
+            if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants:
+                rank = int(constants[node.input[1]].size)
+            weights.update({out: rank for out in node.output})
+    return weights
+
+
 def _weight_axis(consumer: onnx.NodeProto, index: int, rank: int) -> int | None:
     """The output-channel axis of a weight read by CONSUMER at input INDEX (None: not a weight)."""
     if consumer.op_type == "Conv" and index == 1:
@@ -69,18 +96,32 @@ def find_problems(model: onnx.ModelProto) -> list[Problem]:
                                 "LayerNormalization node; re-export with --opset 17 or newer"))
     types = float_tensor_types(model)
     constants = _constants(model)
+    weights = weight_tensors(model, constants)
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in model.graph.node:
         for i, t in enumerate(node.input):
             consumers.setdefault(t, []).append((node, i))
     for node in model.graph.node:
         if node.op_type in QDQ_OPS:
-            problems += _check_qdq(node, types, constants, consumers, opset)
+            problems += _check_qdq(node, types, constants, weights, consumers, opset)
     problems += _decomposed_layernorms(model, constants)
     return problems
 
 
+def _linear_readers(tensor: str, consumers: dict[str, list[tuple[onnx.NodeProto, int]]]
+                    ) -> list[tuple[onnx.NodeProto, int]]:
+    """The nodes that read TENSOR, looking through Q/DQ (a weight's Q feeds its DQ, the DQ its GEMM)."""
+    found = []
+    for consumer, index in consumers.get(tensor, []):
+        if consumer.op_type in QDQ_OPS and index == 0:
+            found += _linear_readers(consumer.output[0], consumers)
+        else:
+            found.append((consumer, index))
+    return found
+
+
 def _check_qdq(node: onnx.NodeProto, types: dict[str, int], constants: dict[str, np.ndarray],
+               weights: dict[str, int | None],
                consumers: dict[str, list[tuple[onnx.NodeProto, int]]], opset: int) -> list[Problem]:
     found = []
 
@@ -112,15 +153,14 @@ def _check_qdq(node: onnx.NodeProto, types: dict[str, int], constants: dict[str,
     if scale.dtype == np.float16 and opset < 19:
         bad("FP16 scale needs opset >= 19")
     if scale.size > 1:
-        weight = x if x in constants else None
-        if weight is None:
+        if x not in weights:
             bad(f"per-channel scales ({scale.size}) on an activation: TensorRT takes per-tensor "
                 "activation scales")
-        else:
-            axis = _attr(node, "axis", 1) % constants[weight].ndim
-            dq_out = node.output[0]
-            for consumer, index in consumers.get(dq_out, []):
-                want = _weight_axis(consumer, index, constants[weight].ndim)
+        elif weights[x]:  # rank known: the axis must be the output channel of every GEMM/Conv reading it
+            rank = int(weights[x])  # type: ignore[arg-type]
+            axis = _attr(node, "axis", 1) % rank
+            for consumer, index in _linear_readers(node.output[0], consumers):
+                want = _weight_axis(consumer, index, rank)
                 if want is not None and want != axis:
                     bad(f"per-channel weight scales on axis {axis}; {consumer.op_type} {consumer.name} "
                         f"needs its output-channel axis {want}")

@@ -77,10 +77,10 @@ class TensorRTBackend(Backend):
                                             or opts.quantize_attention):
             raise BadInput("--fp16-margin, --ignored-scope and --quantize-attention apply to --precision "
                            "fp16 or int8 only")
-        if request.precision != "int8" and (opts.quantized is not None or opts.plan != "accurate"):
-            raise BadInput("--quantized and --plan apply to --precision int8 only")
-        if opts.quantized is not None or opts.plan != "accurate":  # declared here, built by issue 13's work
-            raise BadInput("--quantized and --plan fast are not available in this version of vitedge yet")
+        from vitedge.precision.imported import check_options as check_int8_options
+
+        check_int8_options(request.precision, plan=opts.plan, quantized=opts.quantized,
+                           quantize_attention=opts.quantize_attention, ignored_scope=opts.ignored_scope)
 
     def compile(self, export_dir: Path, out_dir: Path, manifest: Manifest,
                 request: CompileRequest) -> Manifest:
@@ -91,17 +91,25 @@ class TensorRTBackend(Backend):
         settings = EngineSettings.from_options(manifest, request.options)  # type: ignore[arg-type]
         export_onnx = artifact_path(export_dir, manifest)
         calibration = request.calibration.x if request.calibration is not None else None
-        graph, plan = trt_plan(onnx.load(str(export_onnx)), export_onnx, request, calibration)
+        quantized = request.options.quantized  # type: ignore[attr-defined]
+        if quantized:  # a pre-quantized Q/DQ graph (ModelOpt, QAT): checked and measured, not re-placed
+            from vitedge.precision.imported import confirm_same_network, import_graph
+
+            graph, plan = import_graph(quantized, export_onnx)
+        else:
+            graph, plan = trt_plan(onnx.load(str(export_onnx)), export_onnx, request, calibration)
         with ui.Step("checking TensorRT readiness"):
             ready = check_trt_ready(graph)
         onnx.save(graph, str(out_dir / TRT_ONNX))
         verification = verify_on_cpu(export_onnx, out_dir / TRT_ONNX, verification_data(request, manifest))
+        if quantized:
+            confirm_same_network(plan["imported"], verification)
         command = settings.trtexec_command(request.out_dir or out_dir)
         manifest.update(
             artifact={"model": ENGINE, "onnx": TRT_ONNX},
             precision_plan=plan["nodes"], precision_summary=plan["summary"], fp16_plan=plan.get("fp16"),
-            trt_ready=ready, cpu_verification=verification,
-            tensorrt={**asdict(settings), "trtexec": command},
+            int8_plans=plan.get("int8_plans"), quantized_import=plan.get("imported"), trt_ready=ready,
+            cpu_verification=verification, tensorrt={**asdict(settings), "trtexec": command},
         )
         available = self.availability()
         if not available.usable:
@@ -116,10 +124,17 @@ class TensorRTBackend(Backend):
 
     def summary_line(self, manifest: Manifest) -> str | None:
         built = manifest.get("tensorrt", {})
-        if "version" not in built:
-            return None
-        return (f"runs: TensorRT {built['version']} on {built['gpu']} (sm {built['compute_capability']}), "
-                "strongly typed, TF32 off")
+        lines = []
+        if "version" in built:
+            lines.append(f"runs: TensorRT {built['version']} on {built['gpu']} (sm {built['compute_capability']}), "
+                         "strongly typed, TF32 off")
+        plans = manifest.get("int8_plans")
+        if plans:  # INT8: both placement plans, so the user can choose
+            lines.append("INT8 plans (--plan; speed not measured): " + " | ".join(
+                f"{name}{' (chosen)' if name == plans['chosen'] else ''}: {p['profile']['casts']} Casts, "
+                f"{p['profile']['non_gemm_bytes'] / 1e6:.1f} MB non-GEMM, cosine {p['drift']['cosine_mean']:.4f}"
+                for name, p in plans.items() if name in ("accurate", "fast")))
+        return "\n  ".join(lines) or None
 
     def open_runner(self, artifact_dir: Path, manifest: Manifest, **options: Any) -> Runner:
         import tensorrt as trt

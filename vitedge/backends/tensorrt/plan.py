@@ -3,7 +3,6 @@ with the rest FP16, and its drift vs the export measured with ONNX Runtime."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,9 @@ def trt_plan(model: Any, export_onnx: Path, request: CompileRequest,
              calibration: np.ndarray | None) -> tuple[Any, dict[str, Any]]:
     """The graph TensorRT builds for the requested precision, and its precision plan.
 
-    The plan: `nodes` (every compute node's dtype and why), `summary` (node counts per dtype)
-    and `fp16` (margin, I/O dtype, FP32 islands with reasons and PyTorch modules).
+    The plan: `nodes` (every compute node's dtype and why), `summary` (node counts per dtype),
+    `fp16` (margin, I/O dtype, FP32 islands with reasons and PyTorch modules) and, for INT8,
+    `int8_plans` (both placement plans' structure and drift, see `precision.int8.plan_int8`).
     """
     from vitedge.precision.fp16 import DEFAULT_MARGIN, plan_fp16
     from vitedge.precision.int8 import IgnoredScope
@@ -43,39 +43,19 @@ def trt_plan(model: Any, export_onnx: Path, request: CompileRequest,
     if precision == "fp16":
         with ui.Step("FP16 plan: calibration statistics and FP32 islands"):
             graph, fp16 = plan_fp16(model, calibration, margin=margin, io_fp16=io_fp16, keep=keep)
-        nodes = fp16.pop("nodes")
-    else:
-        quantized, int8_nodes = _quantize(export_onnx, request, calibration, keep)
-        with ui.Step("FP16 plan for the unquantized rest: calibration statistics and FP32 islands"):
-            graph, fp16 = plan_fp16(quantized, calibration, margin=margin, io_fp16=io_fp16, keep=keep)
-        fp16.pop("nodes")
-        islands = {i["node"]: i["reason"] for i in fp16["fp32_islands"]}
-        nodes = [entry if entry["dtype"] == "int8" else  # INT8 where quantized, else FP16 unless an island
-                 {**entry, "dtype": "fp32" if entry["node"] in islands else "fp16",
-                  "reason": islands.get(entry["node"], f"{entry['reason']} (FP16)")}
-                 for entry in int8_nodes]
+        nodes, int8_plans = fp16.pop("nodes"), None
+    else:  # both placement plans (accurate, fast) built and measured; --plan picks the graph
+        from vitedge.precision.int8 import plan_int8
+
+        method = request.calib_method or DEFAULT_CALIB_METHOD
+        labels = request.calibration.labels if request.calibration is not None else None
+        graph, nodes, fp16, int8_plans = plan_int8(
+            export_onnx, calibration, method="minmax" if method == "max" else method, keep=keep,
+            quantize_attention=opts.quantize_attention, margin=margin, io_fp16=io_fp16, plan=opts.plan,
+            labels=labels)
     summary = {dtype: sum(n["dtype"] == dtype for n in nodes) for dtype in ("int8", "fp16", "fp32")}
-    return graph, {"nodes": nodes, "summary": {k: v for k, v in summary.items() if v}, "fp16": fp16}
-
-
-def _quantize(export_onnx: Path, request: CompileRequest, calibration: np.ndarray,
-              keep: list[str]) -> tuple[Any, list[dict[str, Any]]]:
-    """Explicit Q/DQ through the shared quantizer (symmetric INT8, per-channel weights, float bias)."""
-    import onnx
-
-    from vitedge.precision.int8 import quantize_qdq
-    from vitedge.precision.smoothquant import migrated
-    from vitedge.precision.stats import calibration_batch_size
-
-    opts: TensorRTOptions = request.options  # type: ignore[assignment]
-    method = request.calib_method or DEFAULT_CALIB_METHOD
-    with tempfile.TemporaryDirectory(prefix="vitedge-trt-int8-") as tmp:
-        out = Path(tmp) / "int8.onnx"
-        with migrated(export_onnx, calibration) as (smoothed, _):  # activation outliers -> per-channel weights
-            nodes = quantize_qdq(smoothed, out, calibration, method="minmax" if method == "max" else method,
-                                 exclude_nodes=keep, quantize_attention_matmuls=opts.quantize_attention,
-                                 batch_size=calibration_batch_size(smoothed))  # bounded memory
-        return onnx.load(str(out)), nodes
+    return graph, {"nodes": nodes, "summary": {k: v for k, v in summary.items() if v}, "fp16": fp16,
+                   "int8_plans": int8_plans}
 
 
 def verification_data(request: CompileRequest, manifest: Manifest) -> dict[str, Any]:
