@@ -305,6 +305,7 @@ def tune(export_dir: str | Path, out_dir: str | Path, *, data: str | Path, calib
 
     device = device_facts or DeviceFacts.here()
     candidates = plan_candidates(targets, precisions, calib=calib is not None, device=device)
+    _check_named_gates(parsed, candidates, list(batches), labelled)
     deadline = started + budget_minutes * 60 if budget_minutes else math.inf
     out.mkdir(parents=True, exist_ok=True)
     state = StepState.load(out)
@@ -313,14 +314,13 @@ def tune(export_dir: str | Path, out_dir: str | Path, *, data: str | Path, calib
     if knobs and any(c.precision == "int8" and c.status == "planned" for c in candidates):
         sensitivity = _sensitivity(export_dir, export, out, calib, data, calib_hash, state, deadline)
         candidates += keep_float_variants(candidates, sensitivity)
-    _check_named_gates(parsed, candidates, list(batches), labelled)
     for candidate in candidates:
         if candidate.status == "skipped":
             ui.info(f"skip {candidate.name}: {candidate.reason}")
 
     planned = [c for c in candidates if c.status == "planned"]
     for i, candidate in enumerate(planned, 1):
-        if time.perf_counter() > deadline:
+        if time.perf_counter() > deadline and any(c.precision_run for c in planned):  # at least one is built
             candidate.status, candidate.reason = "budget", f"not built: the {budget_minutes:g}-minute budget was spent"
             continue
         ui.info(f"[{i}/{len(planned)}] {candidate.name}" + (f" ({candidate.knob})" if candidate.knob else ""))
@@ -374,7 +374,7 @@ def _check_export(export_dir: Path) -> Manifest:
 
 
 def _check_named_gates(parsed: list[Any], candidates: list[Candidate], batches: list[int], labelled: bool) -> None:
-    """Gates that name a candidate must name one tune may bench; checked before any build."""
+    """Gates that name a candidate must name a planned target-precision; checked before any work."""
     from vitedge.validate import gates as gatelib
 
     names = [c.name for c in candidates if c.status == "planned"]
