@@ -275,3 +275,31 @@ def test_pareto_plot_in_a_real_browser(tuned, tmp_path: Path) -> None:
         (gate,) = [g for g in plot["gates"] if g["gate"] == "acc_drop<=0.02"]
         assert gate["w"] > 600  # a painted horizontal line across the plot
         assert all(p["at"][1] >= gate["y"] for p in points.values() if p["passed"] == "true")
+
+
+# -- the recipe section -----------------------------------------------------------------------
+
+def test_recipe_tune_section_is_validated(tmp_path: Path) -> None:
+    from test_recipe import write_recipe
+
+    from vitedge.errors import BadInput
+    from vitedge.recipe import load_recipe
+
+    with pytest.raises(BadInput, match="either `targets:`"):
+        load_recipe(write_recipe(tmp_path / "both", tune={"targets": ["openvino"]}))
+    with pytest.raises(BadInput, match=r"tune.precisions.0: 'fp8' is not one of"):
+        load_recipe(write_recipe(tmp_path / "bad", tune={"precisions": ["fp8"]}), ["targets="])
+
+
+def test_recipe_with_a_tune_section_runs_tune(cli, tmp_path: Path) -> None:
+    from test_recipe import write_recipe
+
+    path = write_recipe(tmp_path / "r", tune={"targets": ["onnxruntime"], "precisions": ["fp32"]},
+                        bench={"data": "val", "batches": [1], "max_images": 20, "warmup": 0, "iters": 2})
+    recipe = path.read_text().replace("targets:\n- target: onnxruntime\n  precision: fp32\n", "")
+    path.write_text(recipe)
+    result = cli("--quiet", "run", path, "-o", tmp_path / "out")
+    assert result.code == 0, result.text
+    saved = json.loads((tmp_path / "out" / "tune" / "tune.json").read_text())
+    assert saved["chosen"] == "onnxruntime-fp32" and saved["gates"] == ["top1_agreement>=0.99"]
+    assert vitedge.load(tmp_path / "out" / "tune" / "best").backend == "onnxruntime"

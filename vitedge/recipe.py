@@ -89,7 +89,13 @@ def recipe_schema() -> dict[str, Any]:
             "worst": {"type": "integer", "minimum": 0},
         }, ("data",)),
         "gates": {"type": "array", "items": {"type": "string", "minLength": 1}},
-    }, ("model", "targets", "bench"))
+        "tune": _object({
+            "targets": {"type": "array", "minItems": 1, "items": {"enum": sorted(backends)}},
+            "precisions": {"type": "array", "minItems": 1,
+                           "items": {"enum": sorted({p for b in backends.values() for p in b.precisions})}},
+            "budget_minutes": {"type": "number", "exclusiveMinimum": 0},
+        }),
+    }, ("model", "bench"))
 
 
 # Keys holding paths ("*": any list index). Recipe-file values resolve against the recipe's
@@ -215,13 +221,16 @@ def _validate(data: dict[str, Any], path: Path) -> None:
     if errors:
         lines = [_explain(e, schema) for e in errors[:8]]
         raise BadInput(f"recipe {path} is not valid:\n  " + "\n  ".join(lines))
-    names = [t.get("name") or f"{t['target']}-{t['precision']}" for t in data["targets"]]
+    if ("targets" in data) == ("tune" in data):
+        raise BadInput(f"recipe {path}: give either `targets:` (the artifacts to build) or `tune:` (search for the "
+                       "fastest one that passes the gates), not both")
+    names = [t.get("name") or f"{t['target']}-{t['precision']}" for t in data.get("targets", [])]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise BadInput(f"recipe {path}: targets share the name {', '.join(duplicates)}; give each a `name:`")
     from vitedge.backends import get_backend
 
-    for i, target in enumerate(data["targets"]):
+    for i, target in enumerate(data.get("targets", [])):
         backend = get_backend(target["target"])
         where = f"targets.{i} ({names[i]})"
         if target["precision"] not in backend.precisions:
@@ -242,7 +251,8 @@ def _validate(data: dict[str, Any], path: Path) -> None:
         for found in (k for k in _walk(data) if _matches(k, key) and key != ("output",)):
             if not Path(_get(data, found)).exists():
                 raise BadInput(f"recipe {path}: {'.'.join(found)}: {_get(data, found)} does not exist")
-    _check_gates(data, names)
+    if "targets" in data:
+        _check_gates(data, names)  # tune checks its gates against its candidates before any build
 
 
 def _explain(error: Any, schema: dict[str, Any]) -> str:
@@ -383,7 +393,7 @@ def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
     state = StepState.load(out)
     model, export_opts = recipe["model"], recipe.get("export", {})
     bench, calibration = recipe["bench"], recipe.get("calibration", {})
-    targets = recipe["targets"]
+    targets = recipe.get("targets", [])
     random_init = model.get("weights") is None and model.get("random_init_seed") is not None
     counter = {"n": 0, "skipped": 0, "total": 2 + len(targets) + random_init}
     ui.info(f"recipe {recipe['name']} -> {out}")
@@ -413,6 +423,8 @@ def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
         img_size=model.get("img_size"), opset=export_inputs["opset"], batch=export_inputs["batch"],
         data=parity_data, labels=model.get("labels"), atol=export_inputs["atol"]), counter)
 
+    if "tune" in recipe:
+        return _run_tune(recipe, export_dir, out, counter)
     export_files = Manifest.load(export_dir).get("files", {})
     calib_hash = tree_hash(calibration["data"]) if calibration.get("data") else None
     artifact_dirs = []
@@ -446,6 +458,20 @@ def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
         batches=bench.get("batches", [1, 8]), gates=recipe.get("gates", []), report_dir=out / "report",
         device=bench.get("device", "cpu"), max_images=bench.get("max_images"), warmup=bench.get("warmup", 5),
         iters=bench.get("iters", 30), threads=bench.get("threads"), worst=bench.get("worst", 10), record=True)
+
+
+def _run_tune(recipe: dict[str, Any], export_dir: Path, out: Path, counter: dict[str, int]) -> dict[str, Any]:
+    """The `tune:` section: search the export's candidates (OUT/tune/), with the recipe's data and gates."""
+    from vitedge.tune import tune
+
+    bench, spec = recipe["bench"], recipe["tune"]
+    counter["n"] += 1
+    ui.info(f"[{counter['n']}/{counter['total']}] tune")
+    return tune(export_dir, out / "tune", data=bench["data"], calib=recipe.get("calibration", {}).get("data"),
+                targets=spec.get("targets"), precisions=spec.get("precisions"), gates=recipe.get("gates", []),
+                batches=bench.get("batches", [1, 8]), budget_minutes=spec.get("budget_minutes"),
+                threads=bench.get("threads"), max_images=bench.get("max_images"), warmup=bench.get("warmup", 5),
+                iters=bench.get("iters", 30))
 
 
 def _tool_versions(*names: str) -> dict[str, str | None]:
