@@ -97,6 +97,13 @@ def scaling(export_dir: Path, best: Path, label: str, data: str, threads_list: l
     return _md(rows, ["runner", "threads", "batch", "p50 ms", "images/s"])
 
 
+def _write(work: Path, md: str | None, sections: list[str]) -> None:
+    text = "\n\n".join(sections) + "\n"
+    (work / "tune_scaling.md").write_text(text)
+    if md:
+        Path(md).write_text(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="timm:vit_small_patch16_224")
@@ -114,6 +121,7 @@ def main() -> int:
     parser.add_argument("--nncf", action="store_true", help="also time NNCF defaults by hand")
     parser.add_argument("--scaling-threads", default="", help="e.g. 1,2,4,8,16 (empty: no scaling table)")
     parser.add_argument("--scaling-batches", default="1,8,32")
+    parser.add_argument("--md", default=None, help="write the tables here too, after each step")
     args = parser.parse_args()
 
     import torch
@@ -145,20 +153,20 @@ def main() -> int:
         result = json.loads((work / "tune" / "tune.json").read_text())
     sections += [f"## tune ({time.perf_counter() - start:.0f} s)", tune_table(result)]
     print("\n\n".join(sections[-2:]), flush=True)
-    (work / "tune_scaling.md").write_text("\n\n".join(sections) + "\n")
+    _write(work, args.md, sections)
     int8 = work / "tune" / "candidates" / "openvino-int8"
     if args.nncf and (int8 / "vitedge.json").is_file():
         sections += [f"## OpenVINO INT8 vs NNCF defaults by hand ({args.threads} threads)",
                      nncf_by_hand(export_dir, int8, args.calib, args.threads, batches, args.warmup, args.iters)]
         print("\n\n".join(sections[-2:]), flush=True)
-        (work / "tune_scaling.md").write_text("\n\n".join(sections) + "\n")
+        _write(work, args.md, sections)
     if args.scaling_threads and result.get("chosen"):
         threads_list = [int(t) for t in args.scaling_threads.split(",")]
         sections += [f"## scaling: {result['chosen']} and PyTorch FP32",
                      scaling(export_dir, work / "tune" / "best", result["chosen"], args.data, threads_list,
                              [int(b) for b in args.scaling_batches.split(",")], args.warmup, max(args.iters // 2, 5))]
         print("\n\n".join(sections[-2:]), flush=True)
-    (work / "tune_scaling.md").write_text("\n\n".join(sections) + "\n")
+    _write(work, args.md, sections)
     print(f"wrote {work / 'tune_scaling.md'}; threads available: {os.cpu_count()}")
     return 0
 

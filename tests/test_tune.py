@@ -303,3 +303,38 @@ def test_recipe_with_a_tune_section_runs_tune(cli, tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "out" / "tune" / "tune.json").read_text())
     assert saved["chosen"] == "onnxruntime-fp32" and saved["gates"] == ["top1_agreement>=0.99"]
     assert vitedge.load(tmp_path / "out" / "tune" / "best").backend == "onnxruntime"
+
+
+# -- OpenVINO bf16 / fp16 ---------------------------------------------------------------------
+
+def test_openvino_bf16_records_what_really_ran_and_the_cpu(compiled_demo, demo_val_tensors,
+                                                           demo_reference_logits) -> None:
+    import openvino as ov
+
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    artifact = compiled_demo("openvino", "bf16")
+    with vitedge.load(artifact) as model:
+        manifest = model.manifest
+        assert manifest["runtime"]["properties"]["INFERENCE_PRECISION_HINT"] == "bf16"
+        ran = "bf16" if "BF16" in capabilities else "fp32"  # a CPU without bf16 ignores the hint
+        assert manifest["precision_run"] == ran and model.runner.info["precision_run"] == ran
+        assert {e["dtype"] for e in manifest["precision_plan"]} == {ran}
+        assert manifest["runtime"]["cpu_isa"] and "cpu_bf16_native" in manifest["runtime"]
+        agreement = np.mean(model.predict(demo_val_tensors.x).argmax(1) == demo_reference_logits.argmax(1))
+    assert agreement >= 0.99
+
+
+def test_half_precisions_say_what_runs_on_cpus_without_them(capsys: pytest.CaptureFixture[str]) -> None:
+    from vitedge.backends.openvino import _warn_half_precision, inference_precision_hint
+
+    assert inference_precision_hint("bf16", ["FP32", "INT8"]) == "bf16"  # pinned; OpenVINO runs f32 there
+    _warn_half_precision("bf16", "bf16", ["FP32", "INT8"])
+    assert "runs this artifact in f32 here" in capsys.readouterr().err
+    _warn_half_precision("bf16", "bf16", ["BF16", "FP32"])
+    assert capsys.readouterr().err == ""
+    _warn_half_precision("fp16", inference_precision_hint("fp16", ["BF16", "FP32"]), ["BF16", "FP32"])
+    assert "only stores the weights in FP16" in capsys.readouterr().err
+    _warn_half_precision("fp16", inference_precision_hint("fp16", ["FP32"]), ["FP32"])
+    assert "computes in f32, no faster than --precision fp32" in capsys.readouterr().err
+    _warn_half_precision("fp16", inference_precision_hint("fp16", ["FP16", "BF16"]), ["FP16", "BF16"])
+    assert capsys.readouterr().err == ""
