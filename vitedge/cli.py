@@ -138,7 +138,7 @@ def compile_cmd(
     in_dir: Annotated[Path, typer.Argument(help="An export directory (from `vitedge export`).")],
     target: Annotated[str, typer.Option(help="openvino | onnxruntime | tensorrt")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output artifact directory.")],
-    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (OpenVINO) | int8")] = "fp32",
     calib: Annotated[Path | None, typer.Option(help="Calibration data: image folder, .txt list or .npz.")] = None,
     calib_size: Annotated[int | None, typer.Option(help="Calibration samples (seeded subset).")] = None,
     calib_method: Annotated[str | None, typer.Option(help="minmax | entropy | percentile (per target).")] = None,
