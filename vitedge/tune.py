@@ -39,8 +39,8 @@ SENSITIVITY_FILE = "sensitivity.json"
 # fraction of top-1 decisions that may change (unlabelled data).
 DEFAULT_GATES_LABELLED = ("acc_drop<=0.01",)
 DEFAULT_GATES_UNLABELLED = ("top1_agreement>=0.99",)
-SENSITIVITY_IMAGES = 128  # validation images for per-block sensitivity (fake-quant in PyTorch)
-ACT_RANGE_IMAGES = 64  # calibration images for its activation ranges
+SENSITIVITY_IMAGES = 64  # validation images for per-block sensitivity (fake-quant in PyTorch)
+ACT_RANGE_IMAGES = 32  # calibration images for its activation ranges
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ def block_sensitivity(export_dir: Path, calib_x: np.ndarray, val_x: np.ndarray) 
 
         ref = logits()
         results = []
-        for block, _ in blocks:
+        for block, _ in ui.track(blocks, "INT8 sensitivity per block (fake-quantized PyTorch)"):
             names = [n for n in linears if n == block or n.startswith(block + ".")]
             with _fake_quantized({n: linears[n] for n in names}, ranges):
                 out = logits()
@@ -272,40 +272,20 @@ def tune(export_dir: str | Path, out_dir: str | Path, *, data: str | Path, calib
          threads: int | None = None, max_images: int | None = None, warmup: int = 5, iters: int = 30,
          knobs: bool = True, device_facts: DeviceFacts | None = None) -> dict[str, Any]:
     """Build, bench and choose; returns what OUT/tune.json holds. GateFailed when nothing passes."""
-    from vitedge.backends import all_backends
-    from vitedge.data import open_image_set
     from vitedge.recipe import StepState, tree_hash
     from vitedge.validate import gates as gatelib
 
     started = time.perf_counter()
     export_dir, out = Path(export_dir), Path(out_dir)
-    export = _check_export(export_dir)
-    if out.resolve() == export_dir.resolve() or export_dir.resolve() in out.resolve().parents:
-        raise BadInput(f"-o {out} is inside the export dir; give a new directory")
-    for flag, path in (("--data", data), ("--calib", calib)):
-        if path is not None and not Path(path).exists():
-            raise BadInput(f"{flag} {path} does not exist")
-    known = [name for name in all_backends() if name != "pytorch"]
-    targets = list(targets or known)
-    unknown = [t for t in targets if t not in known]
-    if unknown:
-        raise BadInput(f"--targets: unknown target(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    all_precisions = sorted({p for t in targets for p in all_backends()[t].precisions})
-    if precisions and (bad := [p for p in precisions if p not in all_precisions]):
-        raise BadInput(f"--precisions: {', '.join(bad)} is not offered by {', '.join(targets)}; "
-                       f"choose from {', '.join(all_precisions)}")
-    if not batches or min(batches) < 1:
-        raise BadInput(f"--batch takes positive integers, got {list(batches)}")
-    if budget_minutes is not None and budget_minutes <= 0:
-        raise BadInput(f"--budget-minutes must be positive, got {budget_minutes}")
-    labelled = open_image_set(data, export.labels).labelled
-    gates = list(gates) or list(DEFAULT_GATES_LABELLED if labelled else DEFAULT_GATES_UNLABELLED)
+    export, targets, labelled, gates = _check_inputs(export_dir, out, data, calib, targets, precisions, gates,
+                                                     batches, budget_minutes)
     parsed = [gatelib.parse_gate(g) for g in gates]
-    check_writable_parent(out)
-
     device = device_facts or DeviceFacts.here()
     candidates = plan_candidates(targets, precisions, calib=calib is not None, device=device)
     _check_named_gates(parsed, candidates, list(batches), labelled)
+    for candidate in candidates:
+        if candidate.status == "skipped":
+            ui.info(f"skip {candidate.name}: {candidate.reason}")
     deadline = started + budget_minutes * 60 if budget_minutes else math.inf
     out.mkdir(parents=True, exist_ok=True)
     state = StepState.load(out)
@@ -314,9 +294,6 @@ def tune(export_dir: str | Path, out_dir: str | Path, *, data: str | Path, calib
     if knobs and any(c.precision == "int8" and c.status == "planned" for c in candidates):
         sensitivity = _sensitivity(export_dir, export, out, calib, data, calib_hash, state, deadline)
         candidates += keep_float_variants(candidates, sensitivity)
-    for candidate in candidates:
-        if candidate.status == "skipped":
-            ui.info(f"skip {candidate.name}: {candidate.reason}")
 
     planned = [c for c in candidates if c.status == "planned"]
     for i, candidate in enumerate(planned, 1):
@@ -361,6 +338,38 @@ def tune(export_dir: str | Path, out_dir: str | Path, *, data: str | Path, calib
     return result
 
 
+def _check_inputs(export_dir: Path, out: Path, data: str | Path, calib: str | Path | None,
+                  targets: Sequence[str] | None, precisions: Sequence[str] | None, gates: Sequence[str],
+                  batches: Sequence[int], budget_minutes: float | None) -> tuple[Manifest, list[str], bool, list[str]]:
+    """Every flag problem before any work: (export manifest, targets, labelled data?, gates)."""
+    from vitedge.backends import all_backends
+    from vitedge.data import open_image_set
+
+    export = _check_export(export_dir)
+    if out.resolve() == export_dir.resolve() or export_dir.resolve() in out.resolve().parents:
+        raise BadInput(f"-o {out} is inside the export dir; give a new directory")
+    for flag, path in (("--data", data), ("--calib", calib)):
+        if path is not None and not Path(path).exists():
+            raise BadInput(f"{flag} {path} does not exist")
+    known = [name for name in all_backends() if name != "pytorch"]
+    targets = list(targets or known)
+    unknown = [t for t in targets if t not in known]
+    if unknown:
+        raise BadInput(f"--targets: unknown target(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    offered = sorted({p for t in targets for p in all_backends()[t].precisions})
+    if precisions and (bad := [p for p in precisions if p not in offered]):
+        raise BadInput(f"--precisions: {', '.join(bad)} is not offered by {', '.join(targets)}; "
+                       f"choose from {', '.join(offered)}")
+    if not batches or min(batches) < 1:
+        raise BadInput(f"--batch takes positive integers, got {list(batches)}")
+    if budget_minutes is not None and budget_minutes <= 0:
+        raise BadInput(f"--budget-minutes must be positive, got {budget_minutes}")
+    labelled = open_image_set(data, export.labels).labelled
+    check_writable_parent(out)
+    return export, targets, labelled, list(gates) or list(DEFAULT_GATES_LABELLED if labelled
+                                                         else DEFAULT_GATES_UNLABELLED)
+
+
 def _check_export(export_dir: Path) -> Manifest:
     if not (export_dir / MANIFEST_NAME).is_file():
         raise BadInput(f"{export_dir} is not an export dir (no {MANIFEST_NAME}): run "
@@ -401,8 +410,7 @@ def _sensitivity(export_dir: Path, export: Manifest, out: Path, calib: str | Pat
                            description="calibration images").x
     val_x = load_tensors(open_image_set(data, export.labels).subset(SENSITIVITY_IMAGES, 0), pre,
                          description="validation images").x
-    with ui.Step("per-block INT8 sensitivity (fake-quantized PyTorch)"):
-        result = block_sensitivity(export_dir, calib_x, val_x)
+    result = block_sensitivity(export_dir, calib_x, val_x)
     write_json_atomic(path, result)
     state.record("sensitivity", inputs, time.perf_counter() - start)
     if result:
