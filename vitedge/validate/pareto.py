@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-WIDTH, HEIGHT = 760, 360
-LEFT, RIGHT, TOP, BOTTOM = 70, 24, 20, 48
+WIDTH, HEIGHT = 900, 360
+LEFT, RIGHT, TOP, BOTTOM = 70, 250, 20, 48  # the legend (number -> candidate) sits in the right margin
 PASS_COLOR, FAIL_COLOR, REFERENCE_COLOR, GATE_COLOR, FRONT_COLOR = "#2e7d32", "#c62828", "#606060", "#d32f2f", "#555"
 
 
@@ -26,6 +26,7 @@ class Point:
     passed: bool
     chosen: bool = False
     reference: bool = False
+    number: int = 0  # the candidate's label on the plot and in the legend (same in every batch's plot)
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,16 @@ def points(result: dict[str, Any], batch: int, labelled: bool) -> list[Point]:
     """The reference and every benched candidate measured at BATCH."""
     key = str(batch)
     out: list[Point] = []
-    for c in result["candidates"]:
+    benched = [c for c in result["candidates"] if c["status"] == "benched"]
+    for number, c in enumerate(benched, 1):
         res = c.get("result") or {}
-        if c["status"] != "benched" or res.get("p50_ms", {}).get(key) is None:
+        if res.get("p50_ms", {}).get(key) is None:
             continue
         if not out and res.get("reference_p50_ms", {}).get(key) is not None:
             out.append(Point("reference (PyTorch FP32)", res["reference_p50_ms"][key], 0.0, True, reference=True))
         drop = res.get("acc_drop") if labelled else 1.0 - (res.get("top1_agreement") or 0.0)
         out.append(Point(c["name"], res["p50_ms"][key], float(drop or 0.0), bool(res.get("passed")),
-                         c["name"] == result.get("chosen")))
+                         c["name"] == result.get("chosen"), number=number))
     return out
 
 
@@ -152,14 +154,32 @@ def pareto_plot(pts: list[Point], lines: list[Threshold], batch: int, labelled: 
         if p.chosen:
             mark += (f"<circle class='chosen-ring' cx='{x:.1f}' cy='{y:.1f}' r='10' "
                      f"style='fill:none;stroke:#1565c0;stroke-width:2.5'/>")
-        name = f"{p.name} (chosen)" if p.chosen else p.name
-        label = _text(x + 12, y - 8, name)
+        label = "" if p.reference else _text(x + 7, y - 8, str(p.number))
         out.append(f"<g class='point' data-name='{escape(p.name)}' data-passed='{str(p.passed).lower()}' "
                    f"data-chosen='{str(p.chosen).lower()}' data-reference='{str(p.reference).lower()}'>"
                    f"<title>{escape(tip)}</title>{mark}{label}</g>")
+    out += _legend(pts)
     return (f"<svg class='chart pareto' xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{HEIGHT}' "
             f"viewBox='0 0 {WIDTH} {HEIGHT}' role='img' aria-label='accuracy drop against latency, batch {batch}'>"
             + "".join(out) + "</svg>")
+
+
+def _legend(pts: list[Point]) -> list[str]:
+    """Number, marker and name of every point, in the right margin."""
+    out = []
+    x = WIDTH - RIGHT + 16
+    for i, p in enumerate(sorted(pts, key=lambda p: (not p.reference, p.number))):
+        y = TOP + 8 + i * 17
+        if p.reference:
+            mark = f"<rect x='{x - 4:.1f}' y='{y - 8:.1f}' width='8' height='8' style='fill:{REFERENCE_COLOR}'/>"
+            text = "reference (PyTorch FP32)"
+        else:
+            color = PASS_COLOR if p.passed else FAIL_COLOR
+            mark = (f"<circle cx='{x:.1f}' cy='{y - 4:.1f}' r='4' style='fill:{color if p.passed else '#fff'};"
+                    f"stroke:{color};stroke-width:1.5'/>")
+            text = f"{p.number} {p.name}" + (" (chosen)" if p.chosen else "")
+        out.append(f"<g class='legend'>{mark}{_text(x + 10, y, text)}</g>")
+    return out
 
 
 def tune_section(report: dict[str, Any], result: dict[str, Any]) -> str:
@@ -178,7 +198,8 @@ def tune_section(report: dict[str, Any], result: dict[str, Any]) -> str:
         ref = next((p.latency_ms for p in pts if p.reference), None)
         lines, other = thresholds(result["gates"], batch, labelled, ref)
         caption = (f"Batch {batch}: {drop_metric(labelled)} against p50 latency; filled: passes every gate, "
-                   "hollow: fails one; dashed grey: Pareto front; red: gate thresholds.")
+                   "hollow: fails one; dashed grey: Pareto front; red: gate thresholds; blue ring: the choice "
+                   "(highest geometric-mean speedup over all batch sizes among those that pass).")
         if other:
             caption += " Gates not drawn on these axes: " + ", ".join(other) + "."
         parts.append(f"<figure class='plot' data-plot='pareto-b{batch}'>"
