@@ -379,6 +379,12 @@ def _check_export(export_dir: Path) -> Manifest:
         raise BadInput(f"{export_dir} is a compiled artifact, not an export dir: tune starts from "
                        "the directory `vitedge export` wrote")
     manifest.verify_files(export_dir)
+    source = manifest.get("source", {})
+    if source.get("source") in ("timm", "torchvision") and not source.get("weights") \
+            and not source.get("weights_origin") and source.get("random_init_seed") is None:
+        raise BadInput(f"{export_dir} was exported from an unseeded random init of {source.get('spec')}: the PyTorch "
+                       "reference cannot rebuild those weights, so no drift or accuracy can be measured; export "
+                       "with --weights (e.g. a seeded random init saved as safetensors)")
     return manifest
 
 
