@@ -84,10 +84,11 @@ def nncf_by_hand(export_dir: Path, int8_dir: Path, calib: str, threads: int, bat
 
 
 def scaling(export_dir: Path, best: Path, label: str, data: str, threads_list: list[int], batches: list[int],
-            warmup: int, iters: int) -> str:
+            warmup: int, iters: int, progress: Any = None) -> str:
+    """PyTorch and the chosen artifact, one interleaved bench per thread count; PROGRESS(table so far)."""
     from vitedge.validate.bench import run_bench
 
-    rows = []
+    rows: list[list[Any]] = []
     for threads in threads_list:
         report = run_bench([best], reference=export_dir, data=data, batches=batches, max_images=16,
                            warmup=warmup, iters=iters, threads=threads)
@@ -95,6 +96,8 @@ def scaling(export_dir: Path, best: Path, label: str, data: str, threads_list: l
             for row in entry["latency"]:
                 if row["measured"]:
                     rows.append([name, threads, row["batch"], f"{row['p50_ms']:.2f}", f"{row['throughput']:.1f}"])
+        if progress is not None:
+            progress(_md(rows, ["runner", "threads", "batch", "p50 ms", "images/s"]))
     return _md(rows, ["runner", "threads", "batch", "p50 ms", "images/s"])
 
 
@@ -177,9 +180,11 @@ def main() -> int:
         _write(work, args.md, sections)
     if args.scaling_threads and result.get("chosen"):
         threads_list = [int(t) for t in args.scaling_threads.split(",")]
-        sections += [f"## scaling: {result['chosen']} and PyTorch FP32",
-                     scaling(export_dir, work / "tune" / "best", result["chosen"], args.data, threads_list,
-                             [int(b) for b in args.scaling_batches.split(",")], args.warmup, max(args.iters // 2, 5))]
+        title = f"## scaling: {result['chosen']} and PyTorch FP32"
+        sections += [title, scaling(export_dir, work / "tune" / "best", result["chosen"], args.data, threads_list,
+                                    [int(b) for b in args.scaling_batches.split(",")], args.warmup,
+                                    max(args.iters // 2, 5), lambda table: _write(work, args.md,
+                                                                                  [*sections, title, table]))]
         print("\n\n".join(sections[-2:]), flush=True)
     _write(work, args.md, sections)
     print(f"wrote {work / 'tune_scaling.md'}; threads available: {os.cpu_count()}")
