@@ -7,6 +7,7 @@ model, so accuracy gates mean something), a small validation subset and few time
 from __future__ import annotations
 
 import json
+import platform
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -337,4 +338,5 @@ def test_half_precisions_say_what_runs_on_cpus_without_them(capsys: pytest.Captu
     _warn_half_precision("fp16", inference_precision_hint("fp16", ["FP32"]), ["FP32"])
     assert "computes in f32, no faster than --precision fp32" in capsys.readouterr().err
     _warn_half_precision("fp16", inference_precision_hint("fp16", ["FP16", "BF16"]), ["FP16", "BF16"])
-    assert capsys.readouterr().err == ""
+    slower = "was slower than f32 on a Xeon" in capsys.readouterr().err  # measured there: said on x86 CPUs
+    assert slower == (platform.machine() in ("x86_64", "AMD64"))
