@@ -340,3 +340,13 @@ def test_half_precisions_say_what_runs_on_cpus_without_them(capsys: pytest.Captu
     _warn_half_precision("fp16", inference_precision_hint("fp16", ["FP16", "BF16"]), ["FP16", "BF16"])
     slower = "was slower than f32 on a Xeon" in capsys.readouterr().err  # measured there: said on x86 CPUs
     assert slower == (platform.machine() in ("x86_64", "AMD64"))
+
+
+def test_an_unseeded_random_init_export_is_refused(cli, demo_export_copy: Path, digits_val: Path,
+                                                    tmp_path: Path) -> None:
+    manifest = json.loads((demo_export_copy / "vitedge.json").read_text())
+    manifest["source"].update(source="timm", spec="timm:vit_small_patch16_224", weights=None, weights_sha256=None,
+                              weights_origin=None, random_init_seed=None)
+    (demo_export_copy / "vitedge.json").write_text(json.dumps(manifest))
+    result = cli("tune", demo_export_copy, "--data", digits_val, "-o", tmp_path / "out")
+    assert result.code == 2 and "unseeded random init" in result.text and not (tmp_path / "out").exists()
