@@ -71,6 +71,14 @@ def nncf_by_hand(export_dir: Path, int8_dir: Path, calib: str, threads: int, bat
                "OpenVINO INT8, NNCF defaults by hand": HandWiredOpenVINO(export_dir / "model.onnx", calibration,
                                                                          threads),
                "OpenVINO INT8 (vitedge tune candidate)": Predicting(int8_dir, threads)}
+    import openvino as ov
+
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):  # the float parts in bf16, as
+        from vitedge.backends.openvino import OpenVINORunner  # NNCF-by-hand gets by default on such CPUs
+
+        runners["OpenVINO INT8 (vitedge tune candidate), float parts bf16"] = OpenVINORunner(
+            int8_dir / "model.xml", {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY",
+                                     "INFERENCE_NUM_THREADS": threads})
     h, w = calibration.shape[2:]
     rows = []
     for batch in batches:
@@ -132,7 +140,9 @@ def main() -> int:
     parser.add_argument("--data", default=str(REPO / "calibration" / "digits" / "val"))
     parser.add_argument("--calib", default=str(REPO / "calibration" / "digits" / "calib"))
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--targets", default="openvino,onnxruntime")
     parser.add_argument("--precisions", default=None)
+    parser.add_argument("--no-knobs", action="store_true", help="no keep-float INT8 variants")
     parser.add_argument("--gate", action="append", default=None)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--max-images", type=int, default=100)
@@ -162,7 +172,7 @@ def main() -> int:
     start = time.perf_counter()
     try:
         result = tune(export_dir, work / "tune", data=args.data, calib=args.calib,
-                      targets=["openvino", "onnxruntime"],
+                      targets=args.targets.split(","), knobs=not args.no_knobs,
                       precisions=args.precisions.split(",") if args.precisions else None, gates=args.gate or [],
                       batches=batches, budget_minutes=args.budget_minutes, threads=args.threads,
                       max_images=args.max_images, warmup=args.warmup, iters=args.iters)
