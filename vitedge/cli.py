@@ -153,7 +153,7 @@ def compile_cmd(
     in_dir: Annotated[Path, typer.Argument(help="An export directory (from `vitedge export`).")],
     target: Annotated[str, typer.Option(help="Backend (precisions): " + _compile_targets() + ".")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output artifact directory.")],
-    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (per target).")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 | int8 (per target).")] = "fp32",
     calib: Annotated[Path | None, typer.Option(help="Calibration data: image folder, .txt list or .npz.")] = None,
     calib_size: Annotated[int | None, typer.Option(help="Calibration samples (seeded subset).")] = None,
     calib_method: Annotated[str | None, typer.Option(help="minmax | entropy | percentile | ... (per target).")] = None,
@@ -235,6 +235,37 @@ def bench(
 
 
 app.command(name="compile")(_with_backend_flags(compile_cmd))
+
+
+@app.command()
+def tune(
+    export_dir: Annotated[Path, typer.Argument(help="An export directory (from `vitedge export`).")],
+    data: Annotated[Path, typer.Option(help="Validation data (labelled image folder for accuracy gates).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output dir: candidates/, report/, best/, tune.json.")],
+    calib: Annotated[Path | None, typer.Option(help="Calibration data for INT8 candidates.")] = None,
+    targets: Annotated[str | None, typer.Option(
+        help="Targets to try, e.g. openvino,onnxruntime (default all).")] = None,
+    precisions: Annotated[str | None, typer.Option(
+        help="Precisions to try, e.g. fp32,bf16,int8 (default: all).")] = None,
+    gate: Annotated[list[str] | None, typer.Option(
+        help="Gate every candidate must pass (repeatable; default acc_drop<=0.01, or top1_agreement>=0.99).")] = None,
+    batch: Annotated[str, typer.Option(help="Batch sizes for latency, e.g. 1,8.")] = "1,8",
+    budget_minutes: Annotated[float | None, typer.Option(
+        help="Stop building candidates after N minutes and choose among those built.")] = None,
+    trust_source: Annotated[bool, typer.Option(
+        help="Let the reference rebuild an export whose source runs code (.pt2, TorchScript, factory).")] = False,
+    force: Annotated[bool, typer.Option(help="Write into OUT even when it is not a previous tune's output.")] = False,
+) -> None:
+    """The fastest artifact on this machine that passes the gates: build candidates, bench, choose."""
+    from vitedge.tune import tune as run_tune
+
+    run_tune(export_dir, out, data=data, calib=calib, targets=_csv_words(targets), precisions=_csv_words(precisions),
+             gates=gate or [], batches=_csv_ints(batch, "--batch"), budget_minutes=budget_minutes,
+             trust_source=trust_source, force=force)
+
+
+def _csv_words(text: str | None) -> list[str] | None:
+    return [w.strip() for w in text.split(",") if w.strip()] or None if text else None
 
 
 @app.command()

@@ -11,6 +11,7 @@ a killed run are found and removed (or restored) by the next run on the same out
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import errno
 import fcntl
 import hashlib
@@ -21,7 +22,8 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -391,3 +393,45 @@ def output_lock(target: str | Path, *, wait_s: float = LOCK_WAIT_S) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         os.close(fd)
+
+
+def tree_hash(path: str | Path) -> str:
+    """SHA-256 over the relative names and contents of every file under PATH (or of one file)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() if file != path else file.name.encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class StepState:
+    """OUT_DIR/vitedge-run.json: each step's input hash from its last successful run (the
+    resumable steps of `vitedge run` and `vitedge tune`)."""
+
+    FILE = RUN_STATE_FILES[0]
+
+    path: Path
+    steps: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, out_dir: Path) -> "StepState":
+        path = out_dir / cls.FILE
+        try:
+            steps = json.loads(path.read_text()).get("steps", {}) if path.is_file() else {}
+        except (json.JSONDecodeError, AttributeError):
+            steps = {}  # a damaged state only costs a re-run
+        return cls(path, steps)
+
+    def unchanged(self, step: str, input_hash: str, output_ok: Callable[[], bool]) -> bool:
+        return self.steps.get(step, {}).get("input_hash") == input_hash and output_ok()
+
+    def record(self, step: str, input_hash: str, seconds: float) -> None:
+        self.steps[step] = {"input_hash": input_hash, "seconds": round(seconds, 2),
+                            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from vitedge import __version__
+
+        write_json_atomic(self.path, {"vitedge_version": __version__, "steps": self.steps})

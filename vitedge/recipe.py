@@ -11,13 +11,9 @@ docs/bench.md lists every key.
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import difflib
-import hashlib
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +22,18 @@ import yaml
 from vitedge import __version__, ui
 from vitedge.errors import BadInput, VitedgeError
 from vitedge.fsutil import (
+    StepState,
     check_output_dir,
     output_lock,
     sha256_file,
     sha256_json,
-    write_json_atomic,
+    tree_hash,
     write_text_atomic,
 )
 from vitedge.manifest import Manifest
 from vitedge.preprocessing import INTERPOLATIONS
 
-STATE_FILE = "vitedge-run.json"
+STATE_FILE = StepState.FILE
 RESOLVED_FILE = "recipe.resolved.yaml"
 RECIPE_VERSION = 1
 MAX_RECIPE_BYTES = 1 << 20
@@ -114,7 +111,13 @@ def recipe_schema() -> dict[str, Any]:
             "worst": {"type": "integer", "minimum": 0},
         }, ("data",)),
         "gates": {"type": "array", "items": {"type": "string", "minLength": 1}},
-    }, ("model", "targets", "bench"))
+        "tune": _object({
+            "targets": {"type": "array", "minItems": 1, "items": {"enum": sorted(backends)}},
+            "precisions": {"type": "array", "minItems": 1,
+                           "items": {"enum": sorted({p for b in backends.values() for p in b.precisions})}},
+            "budget_minutes": {"type": "number", "exclusiveMinimum": 0},
+        }),
+    }, ("model", "bench"))
 
 
 # Keys holding paths ("*": any list index). Recipe-file values resolve against the recipe's
@@ -282,7 +285,10 @@ def _validate(data: dict[str, Any], path: Path) -> None:
     if errors:
         lines = [_explain(e, schema) for e in errors[:8]]
         raise BadInput(f"recipe {path} is not valid:\n  " + "\n  ".join(lines))
-    names = [t.get("name") or f"{t['target']}-{t['precision']}" for t in data["targets"]]
+    if ("targets" in data) == ("tune" in data):
+        raise BadInput(f"recipe {path}: give either `targets:` (the artifacts to build) or `tune:` (search for the "
+                       "fastest one that passes the gates), not both")
+    names = [t.get("name") or f"{t['target']}-{t['precision']}" for t in data.get("targets", [])]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise BadInput(f"recipe {path}: targets share the name {', '.join(duplicates)}; give each a `name:`")
@@ -290,7 +296,7 @@ def _validate(data: dict[str, Any], path: Path) -> None:
     from vitedge.compile import check_request
 
     calibration = data.get("calibration", {})
-    for i, target in enumerate(data["targets"]):
+    for i, target in enumerate(data.get("targets", [])):
         backend = get_backend(target["target"])
         where = f"targets.{i} ({names[i]})"
         if target["precision"] not in backend.precisions:
@@ -321,7 +327,8 @@ def _validate(data: dict[str, Any], path: Path) -> None:
         for found in (k for k in _walk(data) if _matches(k, key) and key != ("output",)):
             if not Path(_get(data, found)).exists():
                 raise BadInput(f"recipe {path}: {'.'.join(found)}: {_get(data, found)} does not exist")
-    _check_gates(data, names)
+    if "targets" in data:
+        _check_gates(data, names)  # tune checks its gates against its candidates before any build
 
 
 def _explain(error: Any, schema: dict[str, Any]) -> str:
@@ -360,44 +367,7 @@ def _check_gates(data: dict[str, Any], names: list[str]) -> None:
 
 # -- hashing ----------------------------------------------------------------------------------
 
-def tree_hash(path: str | Path) -> str:
-    """SHA-256 over the relative names and contents of every file under PATH (or of one file)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(file.relative_to(path).as_posix().encode() if file != path else file.name.encode())
-        digest.update(sha256_file(file).encode())
-    return digest.hexdigest()
-
-
 # -- the pipeline -----------------------------------------------------------------------------
-
-@dataclass
-class StepState:
-    """OUT_DIR/vitedge-run.json: each step's input hash from its last successful run."""
-
-    path: Path
-    steps: dict[str, dict[str, Any]]
-
-    @classmethod
-    def load(cls, out_dir: Path) -> "StepState":
-        path = out_dir / STATE_FILE
-        try:
-            steps = json.loads(path.read_text()).get("steps", {}) if path.is_file() else {}
-        except (json.JSONDecodeError, AttributeError):
-            steps = {}  # a damaged state only costs a re-run
-        return cls(path, steps)
-
-    def unchanged(self, step: str, input_hash: str, output_ok: Callable[[], bool]) -> bool:
-        return self.steps.get(step, {}).get("input_hash") == input_hash and output_ok()
-
-    def record(self, step: str, input_hash: str, seconds: float) -> None:
-        self.steps[step] = {"input_hash": input_hash, "seconds": round(seconds, 2),
-                            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, {"vitedge_version": __version__, "steps": self.steps})
-
 
 def _artifact_ok(artifact_dir: Path) -> Callable[[], bool]:
     """Whether ARTIFACT_DIR holds a manifest whose files all match their hashes and whose
@@ -444,9 +414,12 @@ def _check_outputs(recipe: dict[str, Any], out: Path, force: bool) -> None:
         inputs.append(spec[3:] if spec.startswith("hf:") else spec)
     check_output_dir(out, "run", force=force)
     check_output_dir(out / "export", "export", force=force, inputs=inputs)
-    for target in recipe["targets"]:
+    for target in recipe.get("targets", []):
         check_output_dir(out / "artifacts" / _target_name(target), "compiled", force=force, inputs=inputs)
-    check_output_dir(out / "report", "report", force=force, inputs=inputs)
+    if "tune" in recipe:
+        check_output_dir(out / "tune", "run", force=force, inputs=inputs)
+    else:
+        check_output_dir(out / "report", "report", force=force, inputs=inputs)
 
 
 def run_recipe(recipe_path: str | Path, *, out_dir: str | Path | None = None,
@@ -479,7 +452,7 @@ def _run_steps(recipe: dict[str, Any], out: Path, force: bool) -> dict[str, Any]
     state = StepState.load(out)
     model, export_opts = recipe["model"], recipe.get("export", {})
     bench, calibration = recipe["bench"], recipe.get("calibration", {})
-    targets = recipe["targets"]
+    targets = recipe.get("targets", [])
     counter = {"n": 0, "skipped": 0, "total": 2 + len(targets)}
     ui.info(f"recipe {recipe['name']} -> {out}")
 
@@ -507,6 +480,12 @@ def _run_steps(recipe: dict[str, Any], out: Path, force: bool) -> dict[str, Any]
         std=overrides.get("std"), crop_pct=overrides.get("crop_pct"), interpolation=overrides.get("interpolation"),
         pretrained=pretrained, random_init_seed=seed, force=force), counter)
 
+    reference = bench.get("reference", "export")
+    # The recipe's own export rebuilds the recipe's own model spec: code the user named.
+    own_source = reference == "export" and \
+        Manifest.load(export_dir)["source"].get("request", {}).get("spec") == model["spec"]
+    if "tune" in recipe:
+        return _run_tune(recipe, export_dir, out, counter, trust_source=own_source, force=force)
     export_files = Manifest.load(export_dir).get("files", {})
     calib_hash = tree_hash(calibration["data"]) if calibration.get("data") else None
     artifact_dirs = []
@@ -534,16 +513,27 @@ def _run_steps(recipe: dict[str, Any], out: Path, force: bool) -> dict[str, Any]
 
     counter["n"] += 1
     ui.info(f"[{counter['n']}/{counter['total']}] bench ({counter['skipped']} step(s) skipped as unchanged)")
-    reference = bench.get("reference", "export")
-    # The recipe's own export rebuilds the recipe's own model spec: code the user named.
-    own_source = reference == "export" and \
-        Manifest.load(export_dir)["source"].get("request", {}).get("spec") == model["spec"]
     return run_bench(
         artifact_dirs, reference=export_dir if reference == "export" else reference, data=bench["data"],
         batches=bench.get("batches", [1, 8]), gates=recipe.get("gates", []), report_dir=out / "report",
         device=bench.get("device", "cpu"), max_images=bench.get("max_images"), warmup=bench.get("warmup", 5),
         iters=bench.get("iters", 30), threads=bench.get("threads"), worst=bench.get("worst", 10), record=True,
         trust_source=own_source, force=force)
+
+
+def _run_tune(recipe: dict[str, Any], export_dir: Path, out: Path, counter: dict[str, int], *,
+              trust_source: bool, force: bool) -> dict[str, Any]:
+    """The `tune:` section: search the export's candidates (OUT/tune/), with the recipe's data and gates."""
+    from vitedge.tune import tune
+
+    bench, spec = recipe["bench"], recipe["tune"]
+    counter["n"] += 1
+    ui.info(f"[{counter['n']}/{counter['total']}] tune")
+    return tune(export_dir, out / "tune", data=bench["data"], calib=recipe.get("calibration", {}).get("data"),
+                targets=spec.get("targets"), precisions=spec.get("precisions"), gates=recipe.get("gates", []),
+                batches=bench.get("batches", [1, 8]), budget_minutes=spec.get("budget_minutes"),
+                threads=bench.get("threads"), max_images=bench.get("max_images"), warmup=bench.get("warmup", 5),
+                iters=bench.get("iters", 30), trust_source=trust_source, force=force)
 
 
 def _tool_versions(*names: str) -> dict[str, str | None]:

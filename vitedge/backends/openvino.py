@@ -1,4 +1,4 @@
-"""OpenVINO IR for CPUs: FP32 (honest, f32 inference), FP16 weights, INT8 through NNCF.
+"""OpenVINO IR for CPUs: FP32 (honest, f32 inference), BF16, FP16 weights, INT8 through NNCF.
 
 The run-time properties (inference precision, performance hint, threads, streams) are
 chosen at compile time, recorded in the manifest's "runtime" key and applied again at load.
@@ -65,8 +65,12 @@ def inference_precision_hint(precision: str, capabilities: list[str]) -> str:
     fp32 and int8 pin f32: FP32 must be honest, and for INT8 the float islands (LayerNorm,
     Softmax, GELU, residuals) in f32 were faster than in bf16 on ViT-S/16 here (b1 84 vs
     112 ms) as well as more accurate. fp16 takes the CPU's fastest half type: f16 where the
-    CPU has it, else bf16, else f32 (and the manifest says which one ran).
+    CPU has it, else bf16, else f32 (and the manifest says which one ran). bf16 always pins bf16,
+    so an artifact built elsewhere runs bf16 on a CPU with AVX-512 BF16 or AMX; a CPU without
+    bf16 arithmetic ignores the hint and runs f32, which the runner reads back (precision_run).
     """
+    if precision == "bf16":
+        return "bf16"
     if precision != "fp16":
         return "f32"
     if "FP16" in capabilities:
@@ -240,7 +244,7 @@ class OpenVINOOptions(Options):
 @register_backend
 class OpenVINOBackend(Backend):
     name = "openvino"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "bf16", "int8")
     device_kind = "cpu"
     runtime_module = "openvino"
     Options = OpenVINOOptions
@@ -302,6 +306,7 @@ class OpenVINOBackend(Backend):
             properties["INFERENCE_NUM_THREADS"] = opts.threads
         if opts.streams:
             properties["NUM_STREAMS"] = opts.streams
+        _warn_half_precision(request.precision, properties["INFERENCE_PRECISION_HINT"], capabilities)
         with ui.Step("compiling for CPU"):
             try:
                 saved = core.read_model(str(out_dir / MODEL_XML))
@@ -312,7 +317,8 @@ class OpenVINOBackend(Backend):
         manifest["artifact"] = {"model": MODEL_XML, "weights_file": "model.bin", "format": "openvino-ir",
                                 **details}
         manifest["runtime"] = {"properties": properties, "device": "CPU", "resolved_at_build": resolved,
-                               "cpu_capabilities": capabilities, "cpu_int8_vnni": cpu_info()["int8_vnni"]}
+                               "cpu_capabilities": capabilities, "cpu_int8_vnni": cpu_info()["int8_vnni"],
+                               "cpu_isa": cpu_info()["isa"], "cpu_bf16_native": cpu_info()["bf16_native"]}
         manifest["precision_run"] = resolved["inference_precision"]
         manifest["precision_plan"] = runtime_plan(compiled, ov_module_map(saved, onnx_modules), request.precision,
                                                   ignored, accuracy_control=details.get("max_drop") is not None)
@@ -391,6 +397,23 @@ class OpenVINOBackend(Backend):
         device = str(options.get("device") or runtime.get("device") or "CPU").upper()
         return OpenVINORunner(artifact_path(artifact_dir, manifest),
                               runtime_properties(runtime, options.get("threads")), device)
+
+
+def _warn_half_precision(precision: str, hint: str, capabilities: list[str]) -> None:
+    """Say when a half-precision artifact will not run in that precision on this CPU."""
+    if precision == "bf16" and "BF16" not in capabilities:
+        ui.warn("--precision bf16: this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX), so OpenVINO runs this "
+                "artifact in f32 here, like --precision fp32; it runs bf16 on CPUs that have it "
+                "(the manifest's precision_run says what ran)")
+    elif precision == "fp16" and hint != "f16":
+        ui.warn(f"--precision fp16: this CPU has no FP16 arithmetic, so OpenVINO only stores the weights in FP16 "
+                f"(a file half the size) and computes in {hint}"
+                + ("; --precision bf16 runs bf16 without the FP16 weights" if hint == "bf16"
+                   else ", no faster than --precision fp32"))
+    elif precision == "fp16" and cpu_info()["arch"] in ("x86_64", "AMD64"):
+        ui.warn("--precision fp16: OpenVINO computes f16 on this CPU (AVX-512 FP16), which was slower than f32 on "
+                "a Xeon with AMX (ViT-S/16, 4 threads, b8: 472 vs 300 ms; bf16 104 ms): prefer --precision bf16, "
+                "and bench fp16 against fp32 before shipping it")
 
 
 def _top1_accuracy(compiled_model: Any, items: Any) -> float:

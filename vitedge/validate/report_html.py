@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from html import escape
 from typing import Any
 
@@ -54,8 +55,8 @@ svg.chart .grid{stroke:#eee}.scroll{overflow-x:auto}.pass-text{color:#2e7d32;fon
 """
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The whole page as a string."""
+def render_html(report: dict[str, Any], sections: Sequence[str] = ()) -> str:
+    """The whole page as a string; SECTIONS (HTML, e.g. tune's Pareto plots) follow the summary."""
     gates = report["gates"]
     state = "none" if not gates else {"failed": "fail", "unreliable": "unreliable", "passed": "pass"}[status(report)]
     colors = _colors(report)
@@ -69,6 +70,7 @@ def render_html(report: dict[str, Any]) -> str:
     if gates:
         body += ["<h2>Gates</h2>", _table([{"result": outcome(g).upper(), "gate": g["gate"],
                                              "check": g["message"]} for g in gates])]
+    body += list(sections)
     body.append("<h2>Latency distribution</h2>")
     body += [_figure(f"latency-b{b}", latency_plot(report, b, colors),
                      f"Batch {b}: every timed run (dots), inter-quartile box, p50 (thick line), "
