@@ -170,13 +170,18 @@ def compile_cmd(
     from vitedge.backends import get_backend
     from vitedge.backends.base import backend_options
     from vitedge.compile import compile_artifact
+    from vitedge.errors import ArtifactIncomplete
     from vitedge.report_cli import print_compile_summary
 
     backend = get_backend(target)
     options = backend_options(backend, backend_flags, cli=True)
-    manifest = compile_artifact(in_dir, out, target=target, precision=precision, calib=calib, calib_size=calib_size,
-                                calib_method=calib_method, seed=seed, val=val, extra=options,
-                                force=force)
+    try:
+        manifest = compile_artifact(in_dir, out, target=target, precision=precision, calib=calib,
+                                    calib_size=calib_size, calib_method=calib_method, seed=seed, val=val,
+                                    extra=options, force=force)
+    except ArtifactIncomplete as exc:  # written, but the rest needs the target machine: say what to run there
+        print_compile_summary(exc.manifest, out)
+        raise
     print_compile_summary(manifest, out)
 
 
@@ -229,9 +234,22 @@ def bench(
     """Accuracy drift and latency of artifacts vs the PyTorch reference, with gates and reports."""
     from vitedge.validate.bench import run_bench
 
-    run_bench(artifacts, reference=reference, data=data, batches=_csv_ints(batch, "--batch"),
-              gates=gate or [], report_dir=report, device=device, max_images=max_images,
-              warmup=warmup, iters=iters, threads=threads, trust_source=trust_source, force=force)
+    _shown(lambda: run_bench(artifacts, reference=reference, data=data, batches=_csv_ints(batch, "--batch"),
+                             gates=gate or [], report_dir=report, device=device, max_images=max_images,
+                             warmup=warmup, iters=iters, threads=threads, trust_source=trust_source, force=force))
+
+
+def _shown(call: typing.Callable[[], Any]) -> None:
+    """Run CALL (a bench, recipe or tune) and print its summary, also when its gates did not all pass."""
+    from vitedge.errors import GateError
+    from vitedge.report_cli import print_result
+
+    try:
+        result = call()
+    except GateError as exc:
+        print_result(exc.result)
+        raise
+    print_result(result)
 
 
 app.command(name="compile")(_with_backend_flags(compile_cmd))
@@ -259,9 +277,9 @@ def tune(
     """The fastest artifact on this machine that passes the gates: build candidates, bench, choose."""
     from vitedge.tune import tune as run_tune
 
-    run_tune(export_dir, out, data=data, calib=calib, targets=_csv_words(targets), precisions=_csv_words(precisions),
-             gates=gate or [], batches=_csv_ints(batch, "--batch"), budget_minutes=budget_minutes,
-             trust_source=trust_source, force=force)
+    _shown(lambda: run_tune(export_dir, out, data=data, calib=calib, targets=_csv_words(targets),
+                            precisions=_csv_words(precisions), gates=gate or [], batches=_csv_ints(batch, "--batch"),
+                            budget_minutes=budget_minutes, trust_source=trust_source, force=force))
 
 
 def _csv_words(text: str | None) -> list[str] | None:
@@ -278,7 +296,7 @@ def run(
     """Run a recipe: export -> compile -> bench -> gates -> reports, skipping unchanged steps."""
     from vitedge.recipe import run_recipe
 
-    run_recipe(recipe, out_dir=out, overrides=set_ or [], force=force)
+    _shown(lambda: run_recipe(recipe, out_dir=out, overrides=set_ or [], force=force))
 
 
 def _strip_global_flags(argv: list[str]) -> list[str]:

@@ -4,7 +4,7 @@ The generic part lives here: check the export, the generic flags and the backend
 options before any work, load the calibration (and validation) data through `vitedge.data`,
 let the backend build into a temp dir, add what every compiled artifact records
 (calibration, build CPU, time, size, plan summary, optional validation), and commit the dir
-atomically. The terminal summary is `report_cli.print_compile_summary`.
+atomically. The terminal summary is `report_cli.print_compile_summary` (the CLI's).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from vitedge.backends.base import Backend, CompileRequest, artifact_path, backen
 from vitedge.backends.options import Options, as_dict
 from vitedge.data import Tensors, load_tensors, open_image_set
 from vitedge.envinfo import cpu_info, hardware, tool_versions
-from vitedge.errors import BadInput, EnvironmentProblem
+from vitedge.errors import ArtifactIncomplete, BadInput, EnvironmentProblem
 from vitedge.fsutil import atomic_dir, check_free_space, check_output_dir, output_lock
 from vitedge.manifest import MANIFEST_NAME, Manifest
 from vitedge.metrics import compare_logits
@@ -89,10 +89,7 @@ def _compile_locked(backend: Backend, source: Manifest, in_dir: Path, out_dir: P
         }
         manifest.save(tmp)
     if manifest.incomplete:
-        from vitedge.report_cli import print_compile_summary
-
-        print_compile_summary(manifest, out_dir)
-        raise EnvironmentProblem(manifest.incomplete["reason"])
+        raise ArtifactIncomplete(manifest.incomplete["reason"], manifest, out_dir)
     return manifest
 
 

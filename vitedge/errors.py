@@ -9,7 +9,16 @@ class VitedgeError(Exception):
     exit_code = 4
 
 
-class GateFailed(VitedgeError):
+class GateError(VitedgeError):
+    """A run that finished but whose gates did not all pass. RESULT is what it produced (a bench
+    report, a tune result), for the caller to show or read."""
+
+    def __init__(self, message: str, result: dict | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class GateFailed(GateError):
     """One or more bench gates failed."""
 
     exit_code = 1
@@ -33,6 +42,15 @@ class EnvironmentProblem(VitedgeError):
     exit_code = 3
 
 
+class ArtifactIncomplete(EnvironmentProblem):
+    """The artifact was written but cannot be finished here (a TensorRT engine without TensorRT):
+    MANIFEST says what is there and the next step, for the caller to show."""
+
+    def __init__(self, message: str, manifest: dict, out_dir: object) -> None:
+        super().__init__(message)
+        self.manifest, self.out_dir = manifest, out_dir
+
+
 class ExportFailed(VitedgeError):
     """torch -> ONNX conversion or its parity check failed."""
 
@@ -45,7 +63,7 @@ class CompileFailed(VitedgeError):
     exit_code = 4
 
 
-class GateUnreliable(VitedgeError):
+class GateUnreliable(GateError):
     """No gate failed, but a speed gate could not be decided: its confidence interval straddles
     the bound or other processes loaded the CPU while bench timed. CI may retry."""
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from vitedge import __version__, ui
-from vitedge.errors import BadInput, VitedgeError
+from vitedge.errors import ArtifactIncomplete, BadInput, VitedgeError
 from vitedge.fsutil import (
     StepState,
     check_output_dir,
@@ -506,7 +506,11 @@ def _run_steps(recipe: dict[str, Any], out: Path, force: bool) -> dict[str, Any]
                   "vitedge": __version__}
 
         def build(artifact_dir: Path = artifact_dir, kwargs: dict[str, Any] = compile_kwargs) -> None:
-            manifest = compile_artifact(export_dir, artifact_dir, force=force, **kwargs)
+            try:
+                manifest = compile_artifact(export_dir, artifact_dir, force=force, **kwargs)
+            except ArtifactIncomplete as exc:
+                print_compile_summary(exc.manifest, artifact_dir)
+                raise
             print_compile_summary(manifest, artifact_dir)
 
         _step(state, f"compile {name}", sha256_json(inputs), _artifact_ok(artifact_dir), build, counter)

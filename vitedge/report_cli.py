@@ -1,4 +1,5 @@
-"""Rich renderings for the terminal (stdout): export and compile summaries, manifests, doctor."""
+"""Every rich rendering for the terminal (stdout): export, compile, bench and tune summaries,
+manifests, doctor. The library computes and returns; the CLI and recipes print through here."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from rich.table import Table
 from vitedge import ui
 from vitedge.backends import all_backends
 from vitedge.manifest import RANDOM_WEIGHTS_NOTE, Manifest
+from vitedge.validate.reports import headline, notes, settings_line, summary_rows
+from vitedge.validate.verdicts import QUESTIONS, outcome, verdicts
 
 out = Console(highlight=False)
+LOG_WIDTH = 200  # a log (CI, a pipe) gets wide tables rather than ones squeezed to 80 columns
 
 
 def _fmt(value: Any) -> str:
@@ -155,3 +159,85 @@ def print_compile_summary(manifest: Manifest, out_dir: str | Path) -> None:
     if "incomplete" in manifest:
         out.print(f"  [yellow]next step:[/yellow] {escape(manifest['incomplete']['next_step'])}",
                   soft_wrap=True)  # a command to copy: never wrapped
+
+
+# -- bench and tune ---------------------------------------------------------------------------
+
+_MARKS = {"pass": "[green]PASS[/green]", "fail": "[red]FAIL[/red]",
+          "unreliable": "[yellow]UNRELIABLE[/yellow]", "skipped": "[dim]SKIPPED[/dim]"}
+_ANSWER_STYLE = {"yes": "green", "no": "red", "unreliable": "yellow"}
+
+
+def print_result(result: dict[str, Any] | None) -> None:
+    """The summary of what a bench, recipe or tune returned (or attached to its gate error)."""
+    if result is None or ui.is_quiet():
+        return
+    from vitedge.tune import TUNE_SCHEMA
+
+    if result.get("schema") == TUNE_SCHEMA:
+        print_tune_summary(result)
+    else:
+        print_bench_summary(result)
+
+
+def _wide() -> Console:
+    return out if out.is_terminal else Console(highlight=False, width=LOG_WIDTH)
+
+
+def print_bench_summary(report: dict[str, Any]) -> None:
+    """The verdicts and notes first, then the measurement table, gate and report-file lines."""
+    console = _wide()
+    verdict_table = Table(title=f"vitedge bench: {headline(report)}")
+    verdict_table.add_column("artifact", no_wrap=True)
+    for question in QUESTIONS.values():
+        verdict_table.add_column(question)
+    for verdict in report.get("verdicts") or verdicts(report):
+        cells = []
+        for key in QUESTIONS:
+            answer = verdict[key]["answer"]
+            style = _ANSWER_STYLE.get(answer)
+            word = f"[{style}]{answer}[/{style}]" if style else answer
+            cells.append(f"{word} {escape(verdict[key]['detail'])}")
+        verdict_table.add_row(escape(verdict["artifact"]), *cells)
+    console.print(verdict_table)
+    for line in notes(report):
+        console.print(f"[yellow]note:[/yellow] {escape(line)}", soft_wrap=True)
+    rows = summary_rows(report)
+    table = Table(title="measurements")
+    for col in rows[0]:
+        table.add_column(col, justify="left" if col in ("artifact", "target", "precision") else "right",
+                         no_wrap=True)
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
+    console.print(escape(settings_line(report)), soft_wrap=True)
+    for gate in report["gates"]:
+        text = escape(f"[{gate['gate']}] {gate['message']}")
+        console.print(f"  {_MARKS[outcome(gate)]} {text}", soft_wrap=True)
+    if report.get("files"):
+        console.print(escape(f"reports: {', '.join(report['files'].values())}"), soft_wrap=True)
+
+
+def print_tune_summary(result: dict[str, Any]) -> None:
+    """One table: every candidate, what happened to it, its numbers; then the choice."""
+    from vitedge.tune import score
+
+    console = _wide()
+    table = Table(show_header=True, box=None, padding=(0, 2))
+    batches = [str(b) for b in result["batches"]]
+    for col in ("candidate", "runs", *[f"p50 b{b} ms" for b in batches], "speedup", "acc drop", "outcome"):
+        table.add_column(col)
+    for c in result["candidates"]:
+        res = c["result"]
+        mark = "[green]chosen[/green] " if c["name"] == result["chosen"] else ""
+        drop = res.get("acc_drop")
+        table.add_row(escape(c["name"]), c.get("precision_run") or "-",
+                      *[f"{res['p50_ms'][b]:.2f}" if b in res.get("p50_ms", {}) else "-" for b in batches],
+                      f"{score(c):.2f}x" if res else "-",
+                      "-" if drop is None else f"{drop:+.4f}",
+                      mark + escape(c["reason"] if c["status"] == "benched" else c["status"]))
+    console.print(table)
+    console.print(f"[bold]{escape(result['why'])}[/bold]")
+    if result["best_dir"]:
+        console.print(f"best artifact: {escape(result['best_dir'])}; report: "
+                         f"{escape(str(Path(result['report_dir']) / 'report.html'))}")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vitedge import __version__, ui
-from vitedge.errors import BadInput, EnvironmentProblem, GateFailed, GateUnreliable, VitedgeError
+from vitedge.errors import BadInput, EnvironmentProblem, GateError, GateFailed, GateUnreliable, VitedgeError
 from vitedge.fsutil import (
     atomic_dir,
     check_output_dir,
@@ -358,14 +358,12 @@ def _tune(export_dir: Path, out: Path, export: Manifest, targets: list[str], lab
         shutil.rmtree(out / BEST_DIR)  # a choice of an earlier run that no longer holds
     write_json_atomic(out / TUNE_FILE, result)
     _write_html(report, result, out / REPORT_DIR)
-    if not ui.is_quiet():
-        print_tune_summary(result)
     if chosen is None:
         where = out / REPORT_DIR / "report.html"
         if any(c.result.get("unreliable") for c in built):
             raise GateUnreliable(f"no candidate passes the gates ({', '.join(gates)}) and some were undecided on "
-                                 f"speed (a busy machine?): run tune again on a quiet one; see {where}")
-        raise GateFailed(f"no candidate passes the gates ({', '.join(gates)}); see {where}")
+                                 f"speed (a busy machine?): run tune again on a quiet one; see {where}", result)
+        raise GateFailed(f"no candidate passes the gates ({', '.join(gates)}); see {where}", result)
     return result
 
 
@@ -512,8 +510,8 @@ def _bench(built: list[Candidate], export_dir: Path, out: Path, data: str | Path
                          batches=batches, gates=gates, report_dir=report_dir, device=device,
                          max_images=max_images, warmup=warmup, iters=iters, threads=threads,
                          trust_source=trust_source)
-    except (GateFailed, GateUnreliable):  # some candidates fail or are undecided: the report has every result
-        return json.loads((report_dir / "report.json").read_text())
+    except GateError as exc:  # some candidates fail or are undecided: the report has every result
+        return exc.result
 
 
 def read_outcomes(report: dict[str, Any], candidates: list[Candidate]) -> None:
@@ -592,28 +590,3 @@ def _write_html(report: dict[str, Any], result: dict[str, Any], report_dir: Path
     from vitedge.validate.report_html import render_html
 
     write_text_atomic(report_dir / "report.html", render_html(report, sections=[tune_section(report, result)]))
-
-
-def print_tune_summary(result: dict[str, Any]) -> None:
-    """One table: every candidate, what happened to it, its numbers; then the choice."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(show_header=True, box=None, padding=(0, 2))
-    batches = [str(b) for b in result["batches"]]
-    for col in ("candidate", "runs", *[f"p50 b{b} ms" for b in batches], "speedup", "acc drop", "outcome"):
-        table.add_column(col)
-    for c in result["candidates"]:
-        res = c["result"]
-        mark = "[green]chosen[/green] " if c["name"] == result["chosen"] else ""
-        drop = res.get("acc_drop")
-        table.add_row(escape(c["name"]), c.get("precision_run") or "-",
-                      *[f"{res['p50_ms'][b]:.2f}" if b in res.get("p50_ms", {}) else "-" for b in batches],
-                      f"{score(c):.2f}x" if res else "-",
-                      "-" if drop is None else f"{drop:+.4f}",
-                      mark + escape(c["reason"] if c["status"] == "benched" else c["status"]))
-    ui.console.print(table)
-    ui.console.print(f"[bold]{escape(result['why'])}[/bold]")
-    if result["best_dir"]:
-        ui.console.print(f"best artifact: {escape(result['best_dir'])}; report: "
-                         f"{escape(str(Path(result['report_dir']) / 'report.html'))}")

@@ -95,9 +95,11 @@ def run_bench(artifacts: Sequence[str | Path], *, reference: str | Path, data: s
               report_dir: str | Path | None = None, device: str = "cpu", max_images: int | None = None,
               warmup: int = 5, iters: int = 30, threads: int | None = None, worst: int = 10,
               record: bool = False, trust_source: bool = False, force: bool = False) -> dict[str, Any]:
-    """Bench ARTIFACTS against REFERENCE on DATA; write reports; raise GateFailed if a gate fails.
+    """Bench ARTIFACTS against REFERENCE on DATA; write reports; raise GateFailed if a gate fails
+    (GateUnreliable if none failed but a speed gate is undecided), with the report attached.
 
-    Returns the report (the content of report.json). `record=True` also writes a short
+    Returns the report (the content of report.json); printing it is the caller's
+    (`report_cli.print_bench_summary`). `record=True` also writes a short
     summary into each artifact's manifest (`validation`), as recipes do for their artifacts.
     `trust_source`: an export dir given as REFERENCE may rebuild a source that runs code
     (see SECURITY.md). REPORT_DIR is checked (and locked) before anything is loaded; `force`
@@ -172,7 +174,6 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
     report["status"] = gatelib.status(results)
     report["verdicts"] = verdicts(report)
 
-    from vitedge.validate import reports
     from vitedge.validate.report_files import write_reports
 
     if report_dir is not None:
@@ -180,17 +181,15 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
     if record:
         for subject in subjects[1:]:
             _record_validation(subject, report)
-    if not ui.is_quiet():
-        reports.print_summary(report)
     failed = [r for r in results if r.outcome == "fail"]
     if failed:
         lines = "\n".join(f"  {r.line()}" for r in failed)
-        raise GateFailed(f"{len(failed)} of {len(results)} gate checks failed:\n{lines}")
+        raise GateFailed(f"{len(failed)} of {len(results)} gate checks failed:\n{lines}", report)
     unreliable = [r for r in results if r.outcome == "unreliable"]
     if unreliable:
         lines = "\n".join(f"  {r.line()}" for r in unreliable)
         raise GateUnreliable(f"{len(unreliable)} of {len(results)} gate checks are unreliable (none failed); "
-                             f"re-run on a quiet machine or with more --iters:\n{lines}")
+                             f"re-run on a quiet machine or with more --iters:\n{lines}", report)
     return report
 
 

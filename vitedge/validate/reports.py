@@ -14,15 +14,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
 from vitedge.validate.verdicts import QUESTIONS, outcome, verdicts
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
-stdout = Console(highlight=False)
-LOG_WIDTH = 200
 
 
 def load_schema() -> dict[str, Any]:
@@ -141,48 +135,6 @@ def settings_line(report: dict[str, Any]) -> str:
         line += (f"; {', '.join(on_cpu)} ran on the CPU, so {'its' if len(on_cpu) == 1 else 'their'} "
                  "speedups compare a CPU runtime with the GPU reference")
     return line
-
-
-# -- terminal ---------------------------------------------------------------------------------
-
-_MARKS = {"pass": "[green]PASS[/green]", "fail": "[red]FAIL[/red]",
-          "unreliable": "[yellow]UNRELIABLE[/yellow]", "skipped": "[dim]SKIPPED[/dim]"}
-_ANSWER_STYLE = {"yes": "green", "no": "red", "unreliable": "yellow"}
-
-
-def print_summary(report: dict[str, Any]) -> None:
-    """The verdicts and notes first, then the measurement table, gate and report-file lines."""
-    # A log (CI, a pipe) gets a wide table rather than one squeezed to 80 columns.
-    console = stdout if stdout.is_terminal else Console(highlight=False, width=LOG_WIDTH)
-    verdict_table = Table(title=f"vitedge bench: {headline(report)}")
-    verdict_table.add_column("artifact", no_wrap=True)
-    for question in QUESTIONS.values():
-        verdict_table.add_column(question)
-    for verdict in report.get("verdicts") or verdicts(report):
-        cells = []
-        for key in QUESTIONS:
-            answer = verdict[key]["answer"]
-            style = _ANSWER_STYLE.get(answer)
-            word = f"[{style}]{answer}[/{style}]" if style else answer
-            cells.append(f"{word} {escape(verdict[key]['detail'])}")
-        verdict_table.add_row(escape(verdict["artifact"]), *cells)
-    console.print(verdict_table)
-    for line in notes(report):
-        console.print(f"[yellow]note:[/yellow] {escape(line)}", soft_wrap=True)
-    rows = summary_rows(report)
-    table = Table(title="measurements")
-    for col in rows[0]:
-        table.add_column(col, justify="left" if col in ("artifact", "target", "precision") else "right",
-                         no_wrap=True)
-    for row in rows:
-        table.add_row(*row.values())
-    console.print(table)
-    console.print(escape(settings_line(report)), soft_wrap=True)
-    for gate in report["gates"]:
-        text = escape(f"[{gate['gate']}] {gate['message']}")
-        console.print(f"  {_MARKS[outcome(gate)]} {text}", soft_wrap=True)
-    if report.get("files"):
-        console.print(escape(f"reports: {', '.join(report['files'].values())}"), soft_wrap=True)
 
 
 # -- JUnit ------------------------------------------------------------------------------------
