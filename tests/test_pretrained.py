@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,25 @@ def test_an_unreachable_hub_is_found_before_any_download() -> None:
     from vitedge.models.hub import unreachable
 
     assert "127.0.0.1" in unreachable("http://127.0.0.1:9/")  # nothing listens on port 9 (discard)
+
+
+def test_random_init_export_benches_against_its_own_rebuilt_reference(cli, tmp_path: Path, digits_val: Path) -> None:
+    """Issue 9's first failure, end to end (random init, labelled so): a timm name without weights is
+    refused with the three ways out; a --random-init export benched against its own export dir
+    agrees with the rebuilt reference exactly, and every report format says the weights are random."""
+    refused = cli("export", "timm:vit_tiny_patch16_224", "-o", tmp_path / "none")
+    ways_out = ("--weights FILE", "--pretrained", "--random-init SEED")
+    assert refused.code == 2 and all(w in refused.text for w in ways_out)
+    assert not (tmp_path / "none").exists()
+    out, reports = tmp_path / "exp", tmp_path / "rep"
+    r = cli("--quiet", "export", "timm:vit_tiny_patch16_224", "--random-init", "3", "--img-size", "32",
+            "--num-classes", "10", "-o", out)
+    assert r.code == 0, r.text
+    r = cli("--quiet", "bench", out, "--reference", out, "--data", digits_val, "--max-images", "40", "--batch", "1",
+            "--iters", "3", "--warmup", "1", "--gate", "top1_agreement>=0.999", "--report", reports)
+    assert r.code == 0, r.text
+    report = json.loads((reports / "report.json").read_text())
+    assert report["artifacts"][0]["drift"]["top1_agreement"] == 1.0
+    assert report["artifacts"][0]["drift"]["cosine_min"] > 0.9999
+    for name in ("report.json", "report.md", "report.xml", "report.html"):
+        assert "random weights: accuracy figures are meaningless" in (reports / name).read_text(), name

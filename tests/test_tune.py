@@ -7,6 +7,7 @@ model, so accuracy gates mean something), a small validation subset and few time
 from __future__ import annotations
 
 import json
+import os
 import platform
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -350,3 +351,39 @@ def test_an_unseeded_random_init_export_is_refused(cli, demo_export_copy: Path, 
     (demo_export_copy / "vitedge.json").write_text(json.dumps(manifest))
     result = cli("tune", demo_export_copy, "--data", digits_val, "-o", tmp_path / "out")
     assert result.code == 2 and "unseeded random init" in result.text and not (tmp_path / "out").exists()
+
+
+def test_a_speed_gate_timed_next_to_a_cpu_hog_is_not_a_pass(cli, demo_export: Path, digits_val: Path,
+                                                            tmp_path: Path) -> None:
+    """With a busy loop on every core, bench calls the speed gate unreliable; tune must not choose
+    on it: no candidate passes, nothing goes to best/, and the exit is 5 (retry), not 0 or 1."""
+    import subprocess
+    import sys
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        result = cli("--quiet", "tune", demo_export, "--data", digits_val, "--targets", "onnxruntime",
+                     "--precisions", "fp32", "--batch", "1", "--gate", "top1_agreement>=0.99",
+                     "--gate", "faster(onnxruntime-fp32, reference)@b1", "-o", tmp_path / "out")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait(timeout=10)
+    assert result.code == 5, result.text
+    saved = json.loads((tmp_path / "out" / "tune.json").read_text())
+    candidate = saved["candidates"][0]
+    assert saved["chosen"] is None and not (tmp_path / "out" / "best").exists()
+    assert candidate["result"]["unreliable"] and not candidate["result"]["failed_gates"]
+    assert "unreliable" in candidate["reason"]
+
+
+def test_out_dir_holding_other_files_is_refused_and_kept(cli, demo_export: Path, digits_val: Path,
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = cli("tune", demo_export, "--data", digits_val, "-o", out)
+    assert result.code == 2 and "--force" in result.text and "Traceback" not in result.text
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    inside = cli("tune", demo_export, "--data", digits_val, "-o", demo_export / "tuned")
+    assert inside.code == 2 and not (demo_export / "tuned").exists()
