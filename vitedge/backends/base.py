@@ -35,6 +35,14 @@ class Availability:
     reason: str = ""
     install: str = ""
 
+    @classmethod
+    def of_package(cls, package: str, install: str) -> "Availability":
+        """Usable when PACKAGE is installed (its version), else why not and INSTALL to fix it."""
+        from vitedge.envinfo import package_version
+
+        version = package_version(package)
+        return cls(True, version) if version else cls(False, None, f"{package} is not installed", install)
+
 
 class Runner(ABC):
     """Runs one artifact. A context manager; `infer` returns logits and times itself."""

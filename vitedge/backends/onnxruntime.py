@@ -18,7 +18,6 @@ from vitedge.backends.base import (
     register_backend,
 )
 from vitedge.backends.options import Options, ignored_scope_option, quantize_attention_option, threads_option
-from vitedge.envinfo import package_version
 from vitedge.errors import BadInput, CompileFailed
 from vitedge.manifest import Manifest
 from vitedge.ortsession import session
@@ -75,10 +74,7 @@ class OnnxRuntimeBackend(Backend):
     calib_methods = ("minmax", "entropy", "percentile")
 
     def availability(self) -> Availability:
-        version = package_version("onnxruntime")
-        if version is None:
-            return Availability(False, None, "onnxruntime is not installed", "pip install onnxruntime")
-        return Availability(True, version)
+        return Availability.of_package("onnxruntime", "pip install onnxruntime")
 
     def check_options(self, request: CompileRequest) -> None:
         opts: OnnxRuntimeOptions = request.options  # type: ignore[assignment]

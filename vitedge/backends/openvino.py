@@ -30,7 +30,7 @@ from vitedge.backends.base import (
     register_backend,
 )
 from vitedge.backends.options import Options, ignored_scope_option, option, threads_option
-from vitedge.envinfo import cpu_info, package_version
+from vitedge.envinfo import cpu_info
 from vitedge.errors import BadInput, CompileFailed, EnvironmentProblem
 from vitedge.manifest import Manifest
 
@@ -253,10 +253,7 @@ class OpenVINOBackend(Backend):
     calibrated_precisions = ("int8",)
 
     def availability(self) -> Availability:
-        version = package_version("openvino")
-        if version is None:
-            return Availability(False, None, "openvino is not installed", "pip install openvino nncf")
-        return Availability(True, version)
+        return Availability.of_package("openvino", "pip install openvino nncf")
 
     def check_options(self, request: CompileRequest) -> None:
         opts: OpenVINOOptions = request.options  # type: ignore[assignment]

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from vitedge.backends.base import Availability, Backend, CudaEventTimer, Runner, register_backend
-from vitedge.envinfo import package_version
 from vitedge.errors import BadInput, IncompatibleArtifact
 from vitedge.manifest import Manifest
 
@@ -114,10 +113,7 @@ class PyTorchBackend(Backend):
     runtime_module = "torch"
 
     def availability(self) -> Availability:
-        version = package_version("torch")
-        if version is None:
-            return Availability(False, None, "torch is not installed", "pip install torch")
-        return Availability(True, version)
+        return Availability.of_package("torch", "pip install torch")
 
     def open_runner(self, artifact_dir: Path, manifest: Manifest, **options: Any) -> Runner:
         loaded = load_reference(manifest, artifact_dir, bool(options.get("trust_source")))

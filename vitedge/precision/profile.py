@@ -133,13 +133,6 @@ def graph_profile(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[
 
 def run_logits(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Outputs of an in-memory graph on CPU with ONNX Runtime (no graph optimisation), as FP32."""
-    from vitedge.ortsession import session
+    from vitedge.ortsession import run_graph
 
-    with tempfile.TemporaryDirectory(prefix="vitedge-run-") as tmp:
-        path = Path(tmp) / "graph.onnx"
-        onnx.save(model, str(path))
-        sess = session(path, optimize=False)
-    feed = sess.get_inputs()[0]
-    dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
-    outs = [sess.run(None, {feed.name: x[i:i + batch_size].astype(dtype)})[0] for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs).astype(np.float32)
+    return run_graph(model, x, batch_size)

@@ -8,10 +8,11 @@ red dashed lines, and the chosen artifact a ring labelled "chosen". The SVG need
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from html import escape
 from typing import Any
+
+from vitedge.validate.report_html import nice_ticks
 
 WIDTH, HEIGHT = 900, 360
 LEFT, RIGHT, TOP, BOTTOM = 70, 250, 20, 48  # the legend (number -> candidate) sits in the right margin
@@ -115,10 +116,10 @@ def pareto_plot(pts: list[Point], lines: list[Threshold], batch: int, labelled: 
         return HEIGHT - BOTTOM - (v - y_low) / (y_high - y_low) * (HEIGHT - TOP - BOTTOM)
 
     out = []
-    for tick in _ticks(0.0, x_high):
+    for tick in nice_ticks(0.0, x_high):
         out.append(_line(px(tick), TOP, px(tick), HEIGHT - BOTTOM, "grid"))
         out.append(_text(px(tick), HEIGHT - BOTTOM + 16, f"{tick:g}", "middle"))
-    for tick in _ticks(y_low, y_high):
+    for tick in nice_ticks(y_low, y_high):
         out.append(_line(LEFT, py(tick), WIDTH - RIGHT, py(tick), "grid"))
         out.append(_text(LEFT - 6, py(tick) + 4, f"{tick:+.3g}" if tick else "0", "end"))
     out.append(_line(LEFT, HEIGHT - BOTTOM, WIDTH - RIGHT, HEIGHT - BOTTOM, "axis"))
@@ -205,16 +206,6 @@ def tune_section(report: dict[str, Any], result: dict[str, Any]) -> str:
         parts.append(f"<figure class='plot' data-plot='pareto-b{batch}'>"
                      f"{pareto_plot(pts, lines, batch, labelled)}<figcaption>{escape(caption)}</figcaption></figure>")
     return "\n".join(parts)
-
-
-def _ticks(low: float, high: float, count: int = 5) -> list[float]:
-    if not math.isfinite(low) or not math.isfinite(high) or high <= low:
-        return [low]
-    raw = (high - low) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(low / step) * step
-    return [round(first + i * step, 12) for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
 def _line(x1: float, y1: float, x2: float, y2: float, cls: str = "", style: str = "") -> str:
