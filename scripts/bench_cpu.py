@@ -96,7 +96,8 @@ def build(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray]:
     work = Path(args.work)
     export_dir = work / "export"
     if not (export_dir / "vitedge.json").is_file():
-        api.export(args.model, export_dir)
+        seeded = args.model.startswith(("timm:", "torchvision:"))  # no checkpoint: a seeded random init
+        api.export(args.model, export_dir, random_init_seed=0 if seeded else None)
     manifest = Manifest.load(export_dir)
     calibration = load_tensors(open_image_set(args.calib, manifest.labels).subset(args.calib_size, 0),
                                manifest.preprocessing, description="calibration images").x

@@ -2,8 +2,8 @@
 
     python scripts/tune_scaling.py --model timm:vit_small_patch16_224 --threads 4 --work /tmp/vits
 
-1. exports MODEL (timm/torchvision specs: a seeded random init saved next to it, good for speed
-   and for drift against the reference, not for accuracy);
+1. exports MODEL (timm/torchvision specs: `--random-init 0`, rebuilt bit-identically by the
+   reference: good for speed and for drift against the reference, not for accuracy);
 2. runs `vitedge.tune` (OpenVINO + ONNX Runtime, every precision, the demo's digit images
    for calibration and validation) with --threads for every runner;
 3. times OpenVINO + NNCF with no options (built by hand, as scripts/bench_cpu.py does)
@@ -109,23 +109,6 @@ def scaling(export_dir: Path, best: Path, label: str, data: str, threads_list: l
     return _md(rows, ["runner", "threads", "batch", "p50 ms", "images/s"])
 
 
-def _seeded_random_weights(spec: str, work: Path) -> Path | None:
-    """timm/torchvision without weights: a seeded random init saved as safetensors, so that the
-    PyTorch reference `vitedge bench` rebuilds from the export is the same model (speed only)."""
-    if not spec.startswith(("timm:", "torchvision:")):
-        return None
-    import torch
-    from safetensors.torch import save_file
-
-    from vitedge.models import load_model
-
-    torch.manual_seed(0)
-    path = work / "random-seed0.safetensors"
-    work.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in load_model(spec).module.state_dict().items()}, str(path))
-    return path
-
-
 def _write(work: Path, md: str | None, sections: list[str]) -> None:
     text = "\n\n".join(sections) + "\n"
     (work / "tune_scaling.md").write_text(text)
@@ -163,7 +146,8 @@ def main() -> int:
     work = Path(args.work)
     export_dir = work / "export"
     if not (export_dir / "vitedge.json").is_file():
-        api.export(args.model, export_dir, weights=_seeded_random_weights(args.model, work))
+        seeded = args.model.startswith(("timm:", "torchvision:"))  # no checkpoint: a seeded random init
+        api.export(args.model, export_dir, random_init_seed=0 if seeded else None)
     cpu = cpu_info()
     versions = {k: v for k, v in tool_versions().items() if k in ("torch", "onnxruntime", "openvino", "nncf")}
     sections = [f"# {args.model} on {cpu['model']} ({cpu['cores']} cores; {', '.join(cpu['isa'])})",
