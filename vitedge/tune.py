@@ -199,7 +199,7 @@ def throughput_variants(candidates: list[Candidate], batches: Sequence[int]) -> 
         variant = Candidate(f"{base.name}-throughput", base.target, base.precision,
                             {**base.extra, "hint": "throughput"},
                             "OpenVINO throughput hint: the cores split into streams (OpenVINO picks how many); "
-                            "bench times one request at a time, which then runs on one stream's share of the cores",
+                            "timed one request at a time, as bench does, not with a request in flight per stream",
                             base=base.name)
         if max(batches) == 1:
             variant.status, variant.reason = "skipped", (
