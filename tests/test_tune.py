@@ -264,6 +264,8 @@ def test_cli_bad_input_is_one_line_before_any_work(cli, demo_export: Path, digit
     named = cli("tune", demo_export, "--data", digits_val, "--precisions", "fp32", "--gate",
                 "faster(openvino-int8,openvino-fp32)", "-o", tmp_path / "out")
     assert named.code == 2 and "openvino-int8" in named.text
+    knob = cli("tune", demo_export, "--data", digits_val, "--knobs", "keep_float,streams", "-o", tmp_path / "out")
+    assert knob.code == 2 and "unknown knob(s) streams" in knob.text and "Traceback" not in knob.text
     assert not (tmp_path / "out").exists()
 
 
@@ -370,6 +372,8 @@ def test_recipe_tune_section_is_validated(tmp_path: Path) -> None:
         load_recipe(write_recipe(tmp_path / "both", tune={"targets": ["openvino"]}))
     with pytest.raises(BadInput, match=r"tune.precisions.0: 'fp8' is not one of"):
         load_recipe(write_recipe(tmp_path / "bad", tune={"precisions": ["fp8"]}), ["targets="])
+    with pytest.raises(BadInput, match=r"tune.knobs.0: 'streams' is not one of"):
+        load_recipe(write_recipe(tmp_path / "knob", tune={"knobs": ["streams"]}), ["targets="])
 
 
 def test_recipe_with_a_tune_section_runs_tune(cli, tmp_path: Path) -> None:
