@@ -51,8 +51,8 @@ DEFAULT_GATES_UNLABELLED = ("top1_agreement>=0.99",)
 KNOBS = ("keep_float", "smoothquant_alpha", "throughput")
 # The alpha of the SmoothQuant variant. vitedge's default 0.5 splits an outlier channel's range
 # evenly between activation and weight; 0.75 moves more of it into the weights, which are INT8
-# per channel (the activations are per tensor), the value SmoothQuant's authors use for models
-# with stronger outliers.
+# per channel (the activations are per tensor). The SmoothQuant paper (arXiv:2211.10438) picks a
+# larger alpha such as 0.75 for models with more significant outliers.
 VARIANT_ALPHA = 0.75
 SENSITIVITY_IMAGES = 64  # validation images for per-block sensitivity (fake-quant in PyTorch)
 ACT_RANGE_IMAGES = 32  # calibration images for its activation ranges
@@ -203,8 +203,8 @@ def throughput_variants(candidates: list[Candidate], batches: Sequence[int]) -> 
                             base=base.name)
         if max(batches) == 1:
             variant.status, variant.reason = "skipped", (
-                "every benched batch is 1: the throughput hint only trades single-image latency for throughput "
-                "with batches or concurrent requests (bench with --batch 1,8 to try it)")
+                "every benched batch is 1: the throughput hint is for batches and concurrent requests, the "
+                "latency hint for single images (tune with --batch 1,8 to try it)")
         variants.append(variant)
     return variants
 
@@ -227,7 +227,7 @@ def repeats_its_base(candidate: Candidate, base: Manifest) -> str:
 
     A SmoothQuant alpha only scales LayerNorm outputs with outliers; when the base migrated none
     (and OpenVINO's NNCF SmoothQuant, which the alpha turns on, does not apply to its scheme) the
-    alpha changes nothing. The throughput hint changes nothing where OpenVINO picks one stream.
+    alpha changes nothing.
     """
     artifact = base.get("artifact", {})
     if "smoothquant_alpha" in candidate.extra and "smoothquant" in artifact:
@@ -431,8 +431,7 @@ def _tune(export_dir: Path, out: Path, export: Manifest, targets: list[str], lab
     sensitivity: list[dict[str, Any]] = []
     if "keep_float" in knobs and any(c.precision == "int8" and c.status == "planned" for c in bases):
         sensitivity = _sensitivity(export_dir, export, out, calib, data, calib_hash, state, deadline)
-        floats = keep_float_variants(bases, sensitivity)
-        candidates[len(bases):len(bases)] = floats  # after the bases, before the other knobs (names unchanged)
+        candidates += keep_float_variants(bases, sensitivity)
         skip_duplicates(candidates)
 
     planned = [c for c in candidates if c.status == "planned"]
