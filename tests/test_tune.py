@@ -239,6 +239,18 @@ def test_knob_variants_are_benched_or_skipped_with_the_reason(tuned) -> None:
             assert variants[name]["status"] == "skipped" and "runs exactly like it" in variants[name]["reason"]
 
 
+def test_summary_says_what_each_knob_variant_changes(tuned, capsys: pytest.CaptureFixture[str]) -> None:
+    from vitedge.report_cli import print_tune_summary
+
+    _, _, second, _ = tuned
+    print_tune_summary(second)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "openvino-int8-alpha075: SmoothQuant alpha 0.75 instead of 0.5" in text
+    assert "onnxruntime-int8-alpha075: SmoothQuant alpha 0.75 instead of 0.5" in text
+    assert "[skipped: no LayerNorm" in text
+    assert "openvino-fp32-throughput: OpenVINO throughput hint" in text
+
+
 def test_best_is_the_chosen_artifact_and_loads(tuned, demo_val_tensors) -> None:
     out, _, second, _ = tuned
     with vitedge.load(out / "best") as best, vitedge.load(out / "candidates" / second["chosen"]) as chosen:
