@@ -253,6 +253,14 @@ def _corrupt_images(folder: Path, count: int) -> Path:
     (["--target", "onnxruntime", "--precision", "int8", "--calib", "CALIB", "--ignored-scope", "no.such"], 2,
      "matched no node for no.such"),
     (["--target", "onnxruntime", "--precision", "int8", "--calib", "EMPTY"], 2, "holds no images"),
+    (["--target", "onnxruntime", "--smoothquant-alpha", "0.75"], 2,
+     "--smoothquant-alpha apply to --precision int8 only"),
+    (["--target", "openvino", "--precision", "bf16", "--smoothquant-alpha", "0.75"], 2,
+     "--smoothquant-alpha apply to --precision int8 only"),
+    (["--target", "tensorrt", "--precision", "fp16", "--smoothquant-alpha", "0.75"], 2,
+     "--smoothquant-alpha applies to vitedge's own --precision int8 quantization only"),
+    (["--target", "onnxruntime", "--precision", "int8", "--calib", "CALIB", "--smoothquant-alpha", "1"], 2,
+     "--smoothquant-alpha takes a SmoothQuant alpha in (0, 1), e.g. 0.75, got 1.0"),
 ])
 def test_bad_input_one_line_exit_code_nothing_written(cli, demo_export: Path, digits_calib: Path, tmp_path: Path,
                                                       args: list[str], code: int, message: str) -> None:

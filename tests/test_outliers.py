@@ -103,6 +103,37 @@ def test_vitedge_int8_keeps_the_targets(target: str, outlier_export: Path, outli
     assert drift["top1_agreement"] >= AGREEMENT_MIN and drift["acc_drop"] <= DROP_MAX, drift
 
 
+def test_smoothquant_alpha_option_reaches_the_migration(outlier_export: Path, digits_calib: Path,
+                                                       tmp_path: Path) -> None:
+    """An ONNX Runtime INT8 build with --smoothquant-alpha 0.75 scales the LayerNorms by the 0.75 scales."""
+    import onnx
+    from onnx import numpy_helper
+
+    from vitedge.data import load_tensors, open_image_set
+    from vitedge.precision.smoothquant import migrate
+
+    manifest = compile_artifact(outlier_export, tmp_path / "ort", target="onnxruntime", precision="int8",
+                                calib=str(digits_calib), calib_size=64, extra={"smoothquant_alpha": 0.75})
+    record = manifest["artifact"]["smoothquant"]
+    assert (record["alpha"], record["alpha_from"], len(record["migrated"])) == (0.75, "--smoothquant-alpha", 8)
+    assert manifest["compile"]["options"]["smoothquant_alpha"] == 0.75
+
+    def gammas(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        inits = {i.name: i for i in model.graph.initializer}
+        return {n.name: numpy_helper.to_array(inits[n.input[1]]) for n in model.graph.node
+                if n.op_type == "LayerNormalization"}
+
+    export = Manifest.load(outlier_export)
+    calib = load_tensors(open_image_set(digits_calib, export.labels).subset(64, 0), export.preprocessing).x
+    source = onnx.load(str(outlier_export / "model.onnx"))
+    built = gammas(onnx.load(str(tmp_path / "ort" / "model.onnx")))
+    for alpha, same in ((0.75, True), (0.5, False)):
+        expected = gammas(migrate(source, calib, alpha=alpha)[0])
+        assert set(expected) <= set(built)
+        close = all(np.allclose(built[name], gamma, rtol=1e-5) for name, gamma in expected.items())
+        assert close == same, alpha
+
+
 def test_no_migration_without_outliers(demo_export: Path, demo_val_tensors) -> None:
     import onnx
 

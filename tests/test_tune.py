@@ -16,14 +16,21 @@ import numpy as np
 import pytest
 
 import vitedge
+from vitedge.errors import BadInput
 from vitedge.tune import (
     Candidate,
     DeviceFacts,
     block_sensitivity,
     choose,
     keep_float_variants,
+    knob_set,
     plan_candidates,
+    repeats_its_base,
+    repeats_its_base_at_runtime,
     score,
+    skip_duplicates,
+    smoothquant_alpha_variants,
+    throughput_variants,
     tune,
 )
 from vitedge.validate.pareto import Point, Threshold, pareto_front, pareto_plot, thresholds
@@ -78,6 +85,56 @@ def test_keep_float_variants_take_the_most_sensitive_blocks() -> None:
     assert variants[0].extra["ignored_scope"] == ["blocks.2.attn.qkv", "blocks.2.mlp.fc1", "blocks.7.attn.qkv",
                                                   "blocks.7.mlp.fc1"]
     assert keep_float_variants(base, sensitivity[:1]) == []  # one block: nothing to choose between
+
+
+def test_alpha_and_throughput_variants_have_distinct_names_and_duplicates_are_skipped() -> None:
+    base = plan_candidates(["openvino", "onnxruntime"], ["fp32", "int8"], calib=True, device=AVX2_ONLY)
+    alphas = smoothquant_alpha_variants(base)
+    assert [(v.name, v.base, v.extra) for v in alphas] == [
+        ("openvino-int8-alpha075", "openvino-int8", {"smoothquant_alpha": 0.75}),
+        ("onnxruntime-int8-alpha075", "onnxruntime-int8", {"smoothquant_alpha": 0.75})]
+    assert "0.75 instead of 0.5" in alphas[1].knob and "NNCF's SmoothQuant runs" in alphas[0].knob
+    fast = throughput_variants(base, [1, 8])
+    assert [(v.name, v.status, v.extra) for v in fast] == [
+        ("openvino-fp32-throughput", "planned", {"hint": "throughput"}),
+        ("openvino-int8-throughput", "planned", {"hint": "throughput"})]
+    only_b1 = throughput_variants(base, [1])
+    assert all(v.status == "skipped" and "every benched batch is 1" in v.reason for v in only_b1)
+    assert throughput_variants(fast, [8]) == []  # already in throughput mode
+    floats = keep_float_variants(base, [{"block": f"blocks.{i}", "modules": [f"blocks.{i}.mlp.fc1"]} for i in (1, 0)])
+    everything = base + floats + alphas + fast
+    names = [c.name for c in everything]
+    assert len(set(names)) == len(names)
+
+    again = Candidate("openvino-int8-tput", "openvino", "int8", {"hint": "throughput"})
+    skip_duplicates([*everything, again])
+    assert again.status == "skipped" and again.reason == ("the same target, precision and options as "
+                                                          "openvino-int8-throughput")
+    assert all(c.status == "planned" for c in everything if c.precision == "int8")
+    assert knob_set(True) == {"keep_float", "smoothquant_alpha", "throughput"} and knob_set(False) == set()
+    with pytest.raises(BadInput, match="unknown knob"):
+        knob_set(["streams"])
+
+
+def test_knob_variants_that_would_run_like_their_base_are_named() -> None:
+    from vitedge.manifest import Manifest
+
+    alpha = smoothquant_alpha_variants(plan_candidates(["onnxruntime"], ["int8"], calib=True, device=AVX2_ONLY))[0]
+    no_outliers = Manifest(artifact={"smoothquant": {"alpha": 0.5, "outlier_ratio": 16.0, "migrated": []}})
+    assert "migrated none" in repeats_its_base(alpha, no_outliers) and "exactly onnxruntime-int8" in \
+        repeats_its_base(alpha, no_outliers)
+    migrated = Manifest(artifact={"smoothquant": {"alpha": 0.5, "outlier_ratio": 16.0,
+                                                  "migrated": [{"layernorm": "ln1"}]}})
+    assert repeats_its_base(alpha, migrated) == ""
+    nncf = Manifest(artifact={**no_outliers["artifact"], "int8_scheme": {"model_type": "TRANSFORMER"}})
+    assert repeats_its_base(alpha, nncf) == ""  # the alpha turns NNCF's SmoothQuant on there
+
+    (fast,) = throughput_variants(plan_candidates(["openvino"], ["fp32"], calib=False, device=AVX2_ONLY), [1, 8])
+
+    def runs(streams: int) -> Manifest:
+        return Manifest(runtime={"resolved_at_build": {"streams": streams, "threads": 2}})
+    assert "1 stream(s) of 2 thread(s)" in repeats_its_base_at_runtime(fast, runs(1), runs(1))
+    assert repeats_its_base_at_runtime(fast, runs(2), runs(1)) == ""
 
 
 # -- choice -----------------------------------------------------------------------------------
@@ -159,6 +216,41 @@ def test_gates_filter_and_the_fastest_passing_candidate_is_chosen(tuned) -> None
     assert saved["chosen"] == second["chosen"] and saved["why"].startswith(second["chosen"])
 
 
+def test_knob_variants_are_benched_or_skipped_with_the_reason(tuned) -> None:
+    out, _, second, _ = tuned
+    variants = {c["name"]: c for c in second["candidates"] if c["base"]}
+    assert second["knobs"] == ["keep_float", "smoothquant_alpha", "throughput"]
+    # the demo's LayerNorm outputs have no outliers (test_outliers): ONNX Runtime's alpha would change nothing
+    ort_alpha = variants["onnxruntime-int8-alpha075"]
+    assert ort_alpha["status"] == "skipped" and "exactly onnxruntime-int8" in ort_alpha["reason"]
+    assert not (out / "candidates" / "onnxruntime-int8-alpha075").exists()
+    # OpenVINO's turns NNCF's SmoothQuant on (the demo is a plain transformer): a different artifact
+    ov_alpha = variants["openvino-int8-alpha075"]
+    artifact = json.loads((out / "candidates" / "openvino-int8-alpha075" / "vitedge.json").read_text())["artifact"]
+    assert ov_alpha["status"] == "benched" and ov_alpha["knob"].startswith("SmoothQuant alpha 0.75")
+    assert artifact["smoothquant"]["alpha"] == 0.75 and artifact["nncf_smoothquant"] == {
+        "applied": True, "alpha": 0.75, "why": "--smoothquant-alpha: every MatMul"}
+    for name in ("openvino-fp32-throughput", "openvino-int8-throughput"):
+        runtime = json.loads((out / "candidates" / name / "vitedge.json").read_text())["runtime"]
+        assert runtime["properties"]["PERFORMANCE_HINT"] == "THROUGHPUT"
+        if runtime["resolved_at_build"]["streams"] > 1:
+            assert variants[name]["status"] == "benched" and variants[name]["result"]["p50_ms"].keys() == {"1", "4"}
+        else:  # a CPU where OpenVINO keeps one stream: it would run like its base
+            assert variants[name]["status"] == "skipped" and "runs exactly like it" in variants[name]["reason"]
+
+
+def test_summary_says_what_each_knob_variant_changes(tuned, capsys: pytest.CaptureFixture[str]) -> None:
+    from vitedge.report_cli import print_tune_summary
+
+    _, _, second, _ = tuned
+    print_tune_summary(second)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "openvino-int8-alpha075: SmoothQuant alpha 0.75 instead of 0.5" in text
+    assert "onnxruntime-int8-alpha075: SmoothQuant alpha 0.75 instead of 0.5" in text
+    assert "[skipped: no LayerNorm" in text
+    assert "openvino-fp32-throughput: OpenVINO throughput hint" in text
+
+
 def test_best_is_the_chosen_artifact_and_loads(tuned, demo_val_tensors) -> None:
     out, _, second, _ = tuned
     with vitedge.load(out / "best") as best, vitedge.load(out / "candidates" / second["chosen"]) as chosen:
@@ -184,6 +276,8 @@ def test_cli_bad_input_is_one_line_before_any_work(cli, demo_export: Path, digit
     named = cli("tune", demo_export, "--data", digits_val, "--precisions", "fp32", "--gate",
                 "faster(openvino-int8,openvino-fp32)", "-o", tmp_path / "out")
     assert named.code == 2 and "openvino-int8" in named.text
+    knob = cli("tune", demo_export, "--data", digits_val, "--knobs", "keep_float,streams", "-o", tmp_path / "out")
+    assert knob.code == 2 and "unknown knob(s) streams" in knob.text and "Traceback" not in knob.text
     assert not (tmp_path / "out").exists()
 
 
@@ -284,13 +378,14 @@ def test_pareto_plot_in_a_real_browser(tuned, tmp_path: Path) -> None:
 def test_recipe_tune_section_is_validated(tmp_path: Path) -> None:
     from test_recipe import write_recipe
 
-    from vitedge.errors import BadInput
     from vitedge.recipe import load_recipe
 
     with pytest.raises(BadInput, match="either `targets:`"):
         load_recipe(write_recipe(tmp_path / "both", tune={"targets": ["openvino"]}))
     with pytest.raises(BadInput, match=r"tune.precisions.0: 'fp8' is not one of"):
         load_recipe(write_recipe(tmp_path / "bad", tune={"precisions": ["fp8"]}), ["targets="])
+    with pytest.raises(BadInput, match=r"tune.knobs.0: 'streams' is not one of"):
+        load_recipe(write_recipe(tmp_path / "knob", tune={"knobs": ["streams"]}), ["targets="])
 
 
 def test_recipe_with_a_tune_section_runs_tune(cli, tmp_path: Path) -> None:

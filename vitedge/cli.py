@@ -270,6 +270,8 @@ def tune(
     batch: Annotated[str, typer.Option(help="Batch sizes for latency, e.g. 1,8.")] = "1,8",
     budget_minutes: Annotated[float | None, typer.Option(
         help="Stop building candidates after N minutes and choose among those built.")] = None,
+    knobs: Annotated[str | None, typer.Option(
+        help="Knob variants to try: keep_float,smoothquant_alpha,throughput (default all), or none.")] = None,
     trust_source: Annotated[bool, typer.Option(
         help="Let the reference rebuild an export whose source runs code (.pt2, TorchScript, factory).")] = False,
     force: Annotated[bool, typer.Option(help="Write into OUT even when it is not a previous tune's output.")] = False,
@@ -279,7 +281,15 @@ def tune(
 
     _shown(lambda: run_tune(export_dir, out, data=data, calib=calib, targets=_csv_words(targets),
                             precisions=_csv_words(precisions), gates=gate or [], batches=_csv_ints(batch, "--batch"),
-                            budget_minutes=budget_minutes, trust_source=trust_source, force=force))
+                            budget_minutes=budget_minutes, trust_source=trust_source, force=force,
+                            knobs=_knob_words(knobs)))
+
+
+def _knob_words(text: str | None) -> bool | list[str]:
+    """--knobs: not given -> every knob, "none" -> none, else the names (tune checks them)."""
+    if text is None:
+        return True
+    return [] if text.strip() == "none" else _csv_words(text) or []
 
 
 def _csv_words(text: str | None) -> list[str] | None:

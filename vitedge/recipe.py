@@ -73,6 +73,7 @@ def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[
 def recipe_schema() -> dict[str, Any]:
     """The recipe's JSON Schema; targets and precisions come from the backend registry."""
     from vitedge.backends.base import compile_backends
+    from vitedge.tune import KNOBS
 
     backends = compile_backends()
     return _object({
@@ -116,6 +117,7 @@ def recipe_schema() -> dict[str, Any]:
             "precisions": {"type": "array", "minItems": 1,
                            "items": {"enum": sorted({p for b in backends.values() for p in b.precisions})}},
             "budget_minutes": {"type": "number", "exclusiveMinimum": 0},
+            "knobs": {"type": "array", "uniqueItems": True, "items": {"enum": list(KNOBS)}},
         }),
     }, ("model", "bench"))
 
@@ -537,7 +539,7 @@ def _run_tune(recipe: dict[str, Any], export_dir: Path, out: Path, counter: dict
                 targets=spec.get("targets"), precisions=spec.get("precisions"), gates=recipe.get("gates", []),
                 batches=bench.get("batches", [1, 8]), budget_minutes=spec.get("budget_minutes"),
                 threads=bench.get("threads"), max_images=bench.get("max_images"), warmup=bench.get("warmup", 5),
-                iters=bench.get("iters", 30), trust_source=trust_source, force=force)
+                iters=bench.get("iters", 30), knobs=spec.get("knobs", True), trust_source=trust_source, force=force)
 
 
 def _tool_versions(*names: str) -> dict[str, str | None]:

@@ -237,6 +237,9 @@ def print_tune_summary(result: dict[str, Any]) -> None:
                       "-" if drop is None else f"{drop:+.4f}",
                       mark + escape(c["reason"] if c["status"] == "benched" else c["status"]))
     console.print(table)
+    for c in (c for c in result["candidates"] if c.get("knob")):  # what each knob variant changes
+        outcome = "" if c["status"] == "benched" else f" [{c['status']}: {c['reason']}]"
+        console.print(f"  {escape(c['name'])}: {escape(c['knob'] + outcome)}")
     console.print(f"[bold]{escape(result['why'])}[/bold]")
     if result["best_dir"]:
         console.print(f"best artifact: {escape(result['best_dir'])}; report: "

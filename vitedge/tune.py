@@ -1,10 +1,11 @@
 """`vitedge tune`: the fastest artifact of an export on this machine that passes the accuracy gates.
 
-Four steps, each resumable: plan the candidates (target x precision, plus INT8 variants that
-keep the most sensitive blocks float) and skip, with a reason, those that cannot run here or
-would only repeat another; build them (cached like recipe steps: an unchanged candidate is
-reused); bench all of them against the PyTorch reference in one interleaved run; choose the
-fastest that passes every gate. OUT/best/ is a copy of the chosen artifact (`vitedge.load`
+Four steps, each resumable: plan the candidates (target x precision, plus knob variants: INT8
+that keeps the most sensitive blocks float, INT8 with another SmoothQuant alpha, OpenVINO in
+throughput mode) and skip, with a reason, those that cannot run here or would only repeat
+another; build them (cached like recipe steps: an unchanged candidate is reused); bench all
+of them against the PyTorch reference in one interleaved run; choose the fastest that passes
+every gate. OUT/best/ is a copy of the chosen artifact (`vitedge.load`
 opens it), OUT/tune.json says what happened to every candidate and why, and the HTML report
 gets a Pareto plot (accuracy drop vs p50 latency per batch).
 """
@@ -46,6 +47,13 @@ SENSITIVITY_FILE = "sensitivity.json"
 # fraction of top-1 decisions that may change (unlabelled data).
 DEFAULT_GATES_LABELLED = ("acc_drop<=0.01",)
 DEFAULT_GATES_UNLABELLED = ("top1_agreement>=0.99",)
+# The knobs tune can try besides target x precision (tune(knobs=...), `--knobs`).
+KNOBS = ("keep_float", "smoothquant_alpha", "throughput")
+# The alpha of the SmoothQuant variant. vitedge's default 0.5 splits an outlier channel's range
+# evenly between activation and weight; 0.75 moves more of it into the weights, which are INT8
+# per channel (the activations are per tensor). The SmoothQuant paper (arXiv:2211.10438) picks a
+# larger alpha such as 0.75 for models with more significant outliers.
+VARIANT_ALPHA = 0.75
 SENSITIVITY_IMAGES = 64  # validation images for per-block sensitivity (fake-quant in PyTorch)
 ACT_RANGE_IMAGES = 32  # calibration images for its activation ranges
 
@@ -92,6 +100,7 @@ class Candidate:
     precision: str
     extra: dict[str, Any] = field(default_factory=dict)
     knob: str = ""  # what sets it apart from the plain target-precision, in words
+    base: str = ""  # the candidate this one is a knob variant of
     status: str = "planned"  # planned | skipped | budget | failed | benched
     reason: str = ""  # why it was skipped or failed, or what the bench found
     precision_run: str | None = None
@@ -154,8 +163,91 @@ def keep_float_variants(candidates: list[Candidate], sensitivity: list[dict[str,
             variants.append(Candidate(
                 f"{base.name}-float-{'-'.join(b.replace('.', '') for b in blocks)}", base.target, "int8",
                 {**base.extra, "ignored_scope": modules},
-                f"INT8 with the most sensitive block(s) {', '.join(blocks)} kept float"))
+                f"INT8 with the most sensitive block(s) {', '.join(blocks)} kept float", base=base.name))
     return variants
+
+
+def smoothquant_alpha_variants(candidates: list[Candidate], alpha: float = VARIANT_ALPHA) -> list[Candidate]:
+    """INT8 candidates built with SmoothQuant alpha ALPHA, for backends that take `smoothquant_alpha`."""
+    from vitedge.backends import get_backend
+    from vitedge.backends.options import fields_of
+    from vitedge.precision.smoothquant import DEFAULT_ALPHA
+
+    variants = []
+    for base in candidates:
+        backend = get_backend(base.target)
+        if base.precision != "int8" or base.status != "planned" or "smoothquant_alpha" not in {
+                f.name for f in fields_of(backend.Options)}:
+            continue
+        knob = (f"SmoothQuant alpha {alpha:g} instead of {DEFAULT_ALPHA:g}: more of each outlier LayerNorm channel's "
+                "range moves into the per-channel INT8 weights")
+        if base.target == "openvino":
+            knob += (f", and NNCF's SmoothQuant runs on every MatMul at {alpha:g} (the INT8 scheme keeps it off; "
+                     "NNCF's own 0.95 broke windowed and hybrid models)")
+        variants.append(Candidate(f"{base.name}-alpha{round(alpha * 100):03d}", base.target, "int8",
+                                  {**base.extra, "smoothquant_alpha": alpha}, knob, base=base.name))
+    return variants
+
+
+def throughput_variants(candidates: list[Candidate], batches: Sequence[int]) -> list[Candidate]:
+    """OpenVINO candidates with PERFORMANCE_HINT=throughput (streams chosen by OpenVINO from the cores);
+    skipped with the reason when every benched batch is 1."""
+    variants = []
+    for base in candidates:
+        if base.target != "openvino" or base.status != "planned" or base.extra.get("hint") == "throughput":
+            continue
+        variant = Candidate(f"{base.name}-throughput", base.target, base.precision,
+                            {**base.extra, "hint": "throughput"},
+                            "OpenVINO throughput hint: the cores split into streams (OpenVINO picks how many); "
+                            "timed one request at a time, as bench does, not with a request in flight per stream",
+                            base=base.name)
+        if max(batches) == 1:
+            variant.status, variant.reason = "skipped", (
+                "every benched batch is 1: the throughput hint is for batches and concurrent requests, the "
+                "latency hint for single images (tune with --batch 1,8 to try it)")
+        variants.append(variant)
+    return variants
+
+
+def skip_duplicates(candidates: list[Candidate]) -> None:
+    """Skip, with the reason, a planned candidate whose target, precision and options repeat an earlier one."""
+    seen: dict[str, str] = {}
+    for candidate in candidates:
+        if candidate.status != "planned":
+            continue
+        key = sha256_json({"target": candidate.target, "precision": candidate.precision, "extra": candidate.extra})
+        if key in seen:
+            candidate.status, candidate.reason = "skipped", f"the same target, precision and options as {seen[key]}"
+        else:
+            seen[key] = candidate.name
+
+
+def repeats_its_base(candidate: Candidate, base: Manifest) -> str:
+    """Why CANDIDATE, a knob variant, would run exactly like its built BASE ("" when it would not).
+
+    A SmoothQuant alpha only scales LayerNorm outputs with outliers; when the base migrated none
+    (and OpenVINO's NNCF SmoothQuant, which the alpha turns on, does not apply to its scheme) the
+    alpha changes nothing.
+    """
+    artifact = base.get("artifact", {})
+    if "smoothquant_alpha" in candidate.extra and "smoothquant" in artifact:
+        nncf_applies = artifact.get("int8_scheme", {}).get("model_type") == "TRANSFORMER"
+        if not artifact["smoothquant"].get("migrated") and not nncf_applies:
+            return (f"no LayerNorm output has activation outliers above {artifact['smoothquant']['outlier_ratio']:g}x "
+                    f"its median channel ({candidate.base} migrated none), so the alpha changes nothing: it would "
+                    f"build exactly {candidate.base}")
+    return ""
+
+
+def repeats_its_base_at_runtime(candidate: Candidate, built: Manifest, base: Manifest) -> str:
+    """Why the built throughput variant CANDIDATE would run exactly like BASE ("" when it would not)."""
+    if candidate.extra.get("hint") != "throughput":
+        return ""
+    mine, theirs = (m.get("runtime", {}).get("resolved_at_build", {}) for m in (built, base))
+    if mine.get("streams") == theirs.get("streams") and mine.get("threads") == theirs.get("threads"):
+        return (f"OpenVINO picked {mine.get('streams')} stream(s) of {mine.get('threads')} thread(s) here for the "
+                f"throughput hint, as for {candidate.base}: it runs exactly like it")
+    return ""
 
 
 # -- per-block sensitivity --------------------------------------------------------------------
@@ -278,9 +370,11 @@ def tune(export_dir: str | Path, out_dir: str | Path, *, data: str | Path, calib
          targets: Sequence[str] | None = None, precisions: Sequence[str] | None = None,
          gates: Sequence[str] = (), batches: Sequence[int] = (1, 8), budget_minutes: float | None = None,
          threads: int | None = None, max_images: int | None = None, warmup: int = 5, iters: int = 30,
-         knobs: bool = True, device_facts: DeviceFacts | None = None, force: bool = False,
+         knobs: bool | Sequence[str] = True, device_facts: DeviceFacts | None = None, force: bool = False,
          trust_source: bool = False) -> dict[str, Any]:
     """Build, bench and choose; returns what OUT/tune.json holds.
+
+    KNOBS: True for every knob in KNOBS, False for none, or the names of those to try.
 
     GateFailed when no candidate passes; GateUnreliable (exit 5) when none passes but some
     were only undecided on speed (a busy machine): rerun on a quiet one. OUT is checked with
@@ -288,19 +382,30 @@ def tune(export_dir: str | Path, out_dir: str | Path, *, data: str | Path, calib
     TRUST_SOURCE: the export's model spec may run code when the reference is rebuilt (SECURITY.md).
     """
     export_dir, out = Path(export_dir), Path(out_dir)
+    knob_names = knob_set(knobs)
     export, targets, labelled, gates = _check_inputs(export_dir, out, data, calib, targets, precisions, gates,
                                                      batches, budget_minutes, force, trust_source)
     with output_lock(out):
         return _tune(export_dir, out, export, targets, labelled, gates, data=data, calib=calib,
                      precisions=precisions, batches=batches, budget_minutes=budget_minutes, threads=threads,
-                     max_images=max_images, warmup=warmup, iters=iters, knobs=knobs, device_facts=device_facts,
-                     trust_source=trust_source)
+                     max_images=max_images, warmup=warmup, iters=iters, knobs=knob_names,
+                     device_facts=device_facts, trust_source=trust_source)
+
+
+def knob_set(knobs: bool | Sequence[str]) -> frozenset[str]:
+    """The knobs to try: True -> all of KNOBS, False -> none, else the names given (checked)."""
+    if isinstance(knobs, bool):
+        return frozenset(KNOBS if knobs else ())
+    unknown = [k for k in knobs if k not in KNOBS]
+    if unknown:
+        raise BadInput(f"--knobs: unknown knob(s) {', '.join(unknown)}; choose from {', '.join(KNOBS)} (or none)")
+    return frozenset(knobs)
 
 
 def _tune(export_dir: Path, out: Path, export: Manifest, targets: list[str], labelled: bool, gates: list[str], *,
           data: str | Path, calib: str | Path | None, precisions: Sequence[str] | None, batches: Sequence[int],
           budget_minutes: float | None, threads: int | None, max_images: int | None, warmup: int, iters: int,
-          knobs: bool, device_facts: DeviceFacts | None, trust_source: bool) -> dict[str, Any]:
+          knobs: frozenset[str], device_facts: DeviceFacts | None, trust_source: bool) -> dict[str, Any]:
     """tune() with every input checked and OUT locked."""
     from vitedge.fsutil import StepState, tree_hash
     from vitedge.validate import gates as gatelib
@@ -309,6 +414,12 @@ def _tune(export_dir: Path, out: Path, export: Manifest, targets: list[str], lab
     parsed = [gatelib.parse_gate(g) for g in gates]
     device = device_facts or DeviceFacts.here()
     candidates = plan_candidates(targets, precisions, calib=calib is not None, device=device)
+    bases = list(candidates)
+    if "smoothquant_alpha" in knobs:
+        candidates += smoothquant_alpha_variants(bases)
+    if "throughput" in knobs:
+        candidates += throughput_variants(bases, batches)
+    skip_duplicates(candidates)
     _check_named_gates(parsed, candidates, list(batches), labelled)
     for candidate in candidates:
         if candidate.status == "skipped":
@@ -318,17 +429,30 @@ def _tune(export_dir: Path, out: Path, export: Manifest, targets: list[str], lab
     state = StepState.load(out)
     calib_hash = tree_hash(calib) if calib is not None else None
     sensitivity: list[dict[str, Any]] = []
-    if knobs and any(c.precision == "int8" and c.status == "planned" for c in candidates):
+    if "keep_float" in knobs and any(c.precision == "int8" and c.status == "planned" for c in bases):
         sensitivity = _sensitivity(export_dir, export, out, calib, data, calib_hash, state, deadline)
-        candidates += keep_float_variants(candidates, sensitivity)
+        candidates += keep_float_variants(bases, sensitivity)
+        skip_duplicates(candidates)
 
     planned = [c for c in candidates if c.status == "planned"]
+    by_name = {c.name: c for c in candidates}
     for i, candidate in enumerate(planned, 1):
         if time.perf_counter() > deadline and any(c.precision_run for c in planned):  # at least one is built
             candidate.status, candidate.reason = "budget", f"not built: the {budget_minutes:g}-minute budget was spent"
             continue
+        base = by_name.get(candidate.base)
+        base_manifest = (Manifest.load(out / CANDIDATES_DIR / base.name)
+                         if base is not None and base.status == "planned" and base.precision_run else None)
+        if base_manifest is not None and (why := repeats_its_base(candidate, base_manifest)):
+            candidate.status, candidate.reason = "skipped", why
+            ui.info(f"skip {candidate.name}: {why}")
+            continue
         ui.info(f"[{i}/{len(planned)}] {candidate.name}" + (f" ({candidate.knob})" if candidate.knob else ""))
         _build(candidate, export_dir, export, out, calib, calib_hash, state)
+        if base_manifest is not None and candidate.precision_run and (why := repeats_its_base_at_runtime(
+                candidate, Manifest.load(out / CANDIDATES_DIR / candidate.name), base_manifest)):
+            candidate.status, candidate.reason = "skipped", why
+            ui.info(f"skip {candidate.name}: {why}")
     built = [c for c in candidates if c.status == "planned"]
     if not built:
         reasons = "; ".join(f"{c.name}: {c.reason}" for c in candidates)
@@ -346,6 +470,7 @@ def _tune(export_dir: Path, out: Path, export: Manifest, targets: list[str], lab
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "export": str(export_dir.resolve()), "data": str(data), "calib": str(calib) if calib else None,
         "batches": sorted(set(batches)), "gates": gates, "budget_minutes": budget_minutes,
+        "knobs": [k for k in KNOBS if k in knobs],
         "device": asdict(device), "sensitivity": sensitivity,
         "candidates": [asdict(c) for c in candidates],
         "chosen": chosen.name if chosen else None, "why": _why(chosen, built),

@@ -17,7 +17,13 @@ from vitedge.backends.base import (
     artifact_path,
     register_backend,
 )
-from vitedge.backends.options import Options, ignored_scope_option, quantize_attention_option, threads_option
+from vitedge.backends.options import (
+    Options,
+    ignored_scope_option,
+    quantize_attention_option,
+    smoothquant_alpha_option,
+    threads_option,
+)
 from vitedge.errors import BadInput, CompileFailed
 from vitedge.manifest import Manifest
 from vitedge.ortsession import session
@@ -60,6 +66,7 @@ class OnnxRuntimeOptions(Options):
     threads: int | None = threads_option()
     ignored_scope: list[str] = ignored_scope_option()
     quantize_attention: bool = quantize_attention_option()
+    smoothquant_alpha: float | None = smoothquant_alpha_option()
 
 
 @register_backend
@@ -78,8 +85,10 @@ class OnnxRuntimeBackend(Backend):
 
     def check_options(self, request: CompileRequest) -> None:
         opts: OnnxRuntimeOptions = request.options  # type: ignore[assignment]
-        if request.precision != "int8" and (opts.ignored_scope or opts.quantize_attention):
-            raise BadInput("--ignored-scope and --quantize-attention apply to --precision int8 only")
+        if request.precision != "int8" and (opts.ignored_scope or opts.quantize_attention
+                                            or opts.smoothquant_alpha is not None):
+            raise BadInput("--ignored-scope, --quantize-attention and --smoothquant-alpha apply to --precision "
+                           "int8 only")
 
     def compile(self, export_dir: Path, out_dir: Path, manifest: Manifest,
                 request: CompileRequest) -> Manifest:
@@ -107,7 +116,8 @@ class OnnxRuntimeBackend(Backend):
             from vitedge.precision.smoothquant import migrated
             from vitedge.precision.stats import calibration_batch_size
 
-            with migrated(source, request.calibration.x) as (smoothed, smoothquant):  # outliers -> weights
+            with migrated(source, request.calibration.x, alpha=opts.smoothquant_alpha) as (
+                    smoothed, smoothquant):  # outliers -> weights
                 plan = quantize_qdq(smoothed, target, request.calibration.x,
                                     method=request.calib_method or self.default_calib_method,
                                     exclude_nodes=excluded, quantize_attention_matmuls=quantize_attention,

@@ -29,7 +29,7 @@ from vitedge.backends.base import (
     artifact_path,
     register_backend,
 )
-from vitedge.backends.options import Options, ignored_scope_option, option, threads_option
+from vitedge.backends.options import Options, ignored_scope_option, option, smoothquant_alpha_option, threads_option
 from vitedge.envinfo import cpu_info
 from vitedge.errors import BadInput, CompileFailed, EnvironmentProblem
 from vitedge.manifest import Manifest
@@ -239,6 +239,7 @@ class OpenVINOOptions(Options):
                                     "on --val, in (0, 1).", exclusive_minimum=0, exclusive_maximum=1,
                                     rule="an absolute top-1 drop in (0, 1), e.g. 0.005")
     ignored_scope: list[str] = ignored_scope_option()
+    smoothquant_alpha: float | None = smoothquant_alpha_option()
 
 
 @register_backend
@@ -257,8 +258,9 @@ class OpenVINOBackend(Backend):
 
     def check_options(self, request: CompileRequest) -> None:
         opts: OpenVINOOptions = request.options  # type: ignore[assignment]
-        if request.precision != "int8" and (opts.max_drop is not None or opts.ignored_scope):
-            raise BadInput("--max-drop and --ignored-scope apply to --precision int8 only")
+        if request.precision != "int8" and (opts.max_drop is not None or opts.ignored_scope
+                                            or opts.smoothquant_alpha is not None):
+            raise BadInput("--max-drop, --ignored-scope and --smoothquant-alpha apply to --precision int8 only")
         if opts.max_drop is not None and not request.val:
             raise BadInput("--max-drop needs --val DIR: labelled validation images to measure the drop")
 
@@ -269,9 +271,11 @@ class OpenVINOBackend(Backend):
         source = artifact_path(export_dir, manifest)
         from vitedge.precision.smoothquant import migrated
 
+        opts: OpenVINOOptions = request.options  # type: ignore[assignment]
         with contextlib.ExitStack() as stack:
             if request.precision == "int8" and request.calibration is not None:  # outliers -> weights
-                source_graph, smoothquant = stack.enter_context(migrated(source, request.calibration.x))
+                source_graph, smoothquant = stack.enter_context(
+                    migrated(source, request.calibration.x, alpha=opts.smoothquant_alpha))
             else:
                 source_graph, smoothquant = source, None
             with ui.Step("converting ONNX to OpenVINO IR"):
@@ -281,7 +285,6 @@ class OpenVINOBackend(Backend):
                     raise CompileFailed(f"OpenVINO could not convert {source}: {exc}") from exc
         onnx_modules = _module_map(source)
         ignored: set[str] = set()
-        opts: OpenVINOOptions = request.options  # type: ignore[assignment]
         details: dict[str, Any] = {"weights": "fp16" if request.precision == "fp16" else "fp32"}
         if request.precision == "int8":
             if cpu_info()["int8_vnni"] is False:
@@ -350,12 +353,14 @@ class OpenVINOBackend(Backend):
                                                                   _NNCF_RANGES[method])
         from vitedge.precision.scheme import accuracy_control_drop
 
-        advanced = scheme.apply_to(advanced)  # the scheme for this graph's kind (precision/scheme.py)
+        # the scheme for this graph's kind (precision/scheme.py); --smoothquant-alpha overrides its SmoothQuant
+        advanced = scheme.apply_to(advanced, opts.smoothquant_alpha)
         kwargs: dict[str, Any] = dict(subset_size=len(x), ignored_scope=ignored_scope, **scheme.nncf_kwargs())
         max_drop = accuracy_control_drop(opts.max_drop, request.validation)
         details: dict[str, Any] = {"weights": "int8 per-channel symmetric", "quantizer": "nncf",
                                    "model_type": scheme.model_type or "CNN (NNCF default)",
                                    "int8_scheme": scheme.to_dict(),
+                                   "nncf_smoothquant": scheme.nncf_smoothquant(opts.smoothquant_alpha),
                                    "range_estimator": (method if _NNCF_RANGES[method]
                                                        else scheme.range_estimator or method),
                                    "ignored_scope": list(opts.ignored_scope),

@@ -250,3 +250,9 @@ def plan_option() -> Any:
 
 def quantize_attention_option() -> Any:
     return option(False, "INT8: also quantize attention's activation x activation MatMuls (q@kT, attn@v).")
+
+
+def smoothquant_alpha_option() -> Any:
+    return option(None, "INT8: SmoothQuant migration strength alpha in (0, 1); higher moves more of the activation "
+                  "outliers' range into the per-channel weights (default: the backend's own choice).",
+                  exclusive_minimum=0, exclusive_maximum=1, rule="a SmoothQuant alpha in (0, 1), e.g. 0.75")

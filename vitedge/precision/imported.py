@@ -43,14 +43,17 @@ def load_quantized(path: str | Path) -> onnx.ModelProto:
 
 
 def check_options(precision: str, *, plan: str, quantized: str | Path | None, quantize_attention: bool,
-                  ignored_scope: list[str]) -> None:
-    """`--quantized` and `--plan` problems, found before any work (BadInput)."""
+                  ignored_scope: list[str], smoothquant_alpha: float | None = None) -> None:
+    """`--quantized`, `--plan` and `--smoothquant-alpha` problems, found before any work (BadInput)."""
     from vitedge.precision.int8 import DEFAULT_PLAN, PLANS
 
     if plan not in PLANS:
         raise BadInput(f"--plan takes {' or '.join(PLANS)}, got {plan!r}")
     if (plan != DEFAULT_PLAN or quantized) and precision != "int8":
         raise BadInput(f"{'--quantized' if quantized else '--plan'} is for --precision int8")
+    if smoothquant_alpha is not None and (precision != "int8" or quantized):
+        raise BadInput("--smoothquant-alpha applies to vitedge's own --precision int8 quantization only" +
+                       (" (a --quantized graph is already quantized)" if quantized else ""))
     if quantized:
         if plan != DEFAULT_PLAN:
             raise BadInput("--plan places Q/DQ itself; a --quantized graph keeps the placement it came with: "

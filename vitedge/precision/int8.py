@@ -398,9 +398,11 @@ _DRIFT_KEYS = ("samples", "top1_agreement", "cosine_mean", "cosine_min", "max_ab
 def plan_int8(export_onnx: str | Path, calibration: np.ndarray, *, method: str = "entropy",
               keep: Iterable[str] = (), quantize_attention: bool = False, plan: str = DEFAULT_PLAN,
               margin: float | None = None, io_fp16: bool = False, labels: np.ndarray | None = None,
+              smoothquant_alpha: float | None = None,
               ) -> tuple[onnx.ModelProto, list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Both INT8 placement plans for TensorRT: the chosen one's graph, its nodes (dtype and why),
-    its FP16 record, and `int8_plans` (per plan: graph_profile, drift, quantized groups).
+    its FP16 record, and `int8_plans` (per plan: graph_profile, drift, quantized groups; `smoothquant`:
+    the outlier migration done first, with SMOOTHQUANT_ALPHA or its default).
 
     One quantization (every GEMM input, attention included) and one statistics pass serve both.
     `accurate` (today's plan): attention MatMuls float unless QUANTIZE_ATTENTION, LayerNorm and
@@ -428,7 +430,8 @@ def plan_int8(export_onnx: str | Path, calibration: np.ndarray, *, method: str =
     keep = list(keep)
     with tempfile.TemporaryDirectory(prefix="vitedge-trt-int8-") as tmp:
         out = Path(tmp) / "int8.onnx"
-        with migrated(export_onnx, calibration) as (smoothed, _):  # activation outliers -> per-channel weights
+        with migrated(export_onnx, calibration, alpha=smoothquant_alpha) as (
+                smoothed, smoothquant):  # activation outliers -> per-channel weights
             quantize_qdq(smoothed, out, calibration, method=method, exclude_nodes=keep,
                          quantize_attention_matmuls=True,
                          batch_size=calibration_batch_size(smoothed))  # bounded memory
@@ -461,6 +464,7 @@ def plan_int8(export_onnx: str | Path, calibration: np.ndarray, *, method: str =
         "gate": {"samples": int(len(gate)), "data": "calibration images", "run": "FP16-storage emulated vs the "
                  "export's FP32 ONNX", "max_top1_loss": GATE_MAX_TOP1_LOSS, "max_cosine_loss": GATE_MAX_COSINE_LOSS},
         "speed": "inferred from NVIDIA's guidance, not measured here (no TensorRT)",
+        "smoothquant": smoothquant,
     }
     for name, built in plans.items():
         record[name] = {"profile": graph_profile(built["graph"], (1, *calibration.shape[1:])),

@@ -62,19 +62,36 @@ class Int8Scheme:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def nncf_smoothquant(self, smoothquant_alpha: float | None) -> dict[str, Any]:
+        """What NNCF's SmoothQuant does under `apply_to(..., smoothquant_alpha)`, for the manifest."""
+        if self.model_type != "TRANSFORMER":
+            return {"applied": False, "alpha": None,
+                    "why": "NNCF runs SmoothQuant with the TRANSFORMER model type only; this scheme uses its default"}
+        if smoothquant_alpha is not None:
+            return {"applied": True, "alpha": smoothquant_alpha, "why": "--smoothquant-alpha: every MatMul"}
+        if self.smooth_quant:
+            return {"applied": True, "alpha": "NNCF default", "why": self.reason}
+        return {"applied": False, "alpha": None, "why": "off in the scheme (vitedge migrates outliers itself)"}
+
     def nncf_kwargs(self) -> dict[str, Any]:
         """model_type for nncf.quantize (the SmoothQuant switch goes in `apply_to`)."""
         import nncf
 
         return {"model_type": getattr(nncf.ModelType, self.model_type) if self.model_type else None}
 
-    def apply_to(self, advanced: Any) -> Any:
+    def apply_to(self, advanced: Any, smoothquant_alpha: float | None = None) -> Any:
         """NNCF AdvancedQuantizationParameters for this scheme: SmoothQuant off where it says so,
-        and min/max activation ranges unless the user chose a range estimator (--calib-method)."""
+        and min/max activation ranges unless the user chose a range estimator (--calib-method).
+
+        SMOOTHQUANT_ALPHA (--smoothquant-alpha) overrides the scheme: NNCF's SmoothQuant runs on
+        every MatMul with that alpha (NNCF applies it with the TRANSFORMER model type only).
+        """
         from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
         from nncf.quantization.range_estimator import RangeEstimatorParameters, RangeEstimatorParametersSet
 
-        if not self.smooth_quant and self.model_type == "TRANSFORMER":
+        if smoothquant_alpha is not None and self.model_type == "TRANSFORMER":
+            advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=smoothquant_alpha, convolution=-1)
+        elif not self.smooth_quant and self.model_type == "TRANSFORMER":
             advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=-1, convolution=-1)
         if self.range_estimator and advanced.activations_range_estimator_params == RangeEstimatorParameters():
             advanced.activations_range_estimator_params = getattr(RangeEstimatorParametersSet, self.range_estimator)

@@ -52,14 +52,19 @@ def smoothable(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, list[onnx.N
     return found
 
 
-def migrate(model: onnx.ModelProto, calibration: np.ndarray, *, alpha: float = DEFAULT_ALPHA,
+def migrate(model: onnx.ModelProto, calibration: np.ndarray, *, alpha: float | None = None,
             outlier_ratio: float = OUTLIER_RATIO) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """A copy of MODEL with outliers migrated where needed, and a record of what was done."""
+    """A copy of MODEL with outliers migrated where needed, and a record of what was done.
+
+    ALPHA: the user's --smoothquant-alpha, None for DEFAULT_ALPHA (the record says which).
+    """
     from vitedge.precision.stats import collect_stats
 
     pairs = smoothable(model)
-    record: dict[str, Any] = {"alpha": alpha, "outlier_ratio": outlier_ratio, "candidates": len(pairs),
-                              "migrated": []}
+    record: dict[str, Any] = {"alpha": DEFAULT_ALPHA if alpha is None else alpha,
+                              "alpha_from": "default" if alpha is None else "--smoothquant-alpha",
+                              "outlier_ratio": outlier_ratio, "candidates": len(pairs), "migrated": []}
+    alpha = record["alpha"]
     if not pairs:
         return model, record
     names = [ln.output[0] for ln, _ in pairs]

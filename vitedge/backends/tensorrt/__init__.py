@@ -80,7 +80,8 @@ class TensorRTBackend(Backend):
         from vitedge.precision.imported import check_options as check_int8_options
 
         check_int8_options(request.precision, plan=opts.plan, quantized=opts.quantized,
-                           quantize_attention=opts.quantize_attention, ignored_scope=opts.ignored_scope)
+                           quantize_attention=opts.quantize_attention, ignored_scope=opts.ignored_scope,
+                           smoothquant_alpha=opts.smoothquant_alpha)
 
     def compile(self, export_dir: Path, out_dir: Path, manifest: Manifest,
                 request: CompileRequest) -> Manifest:
@@ -106,7 +107,8 @@ class TensorRTBackend(Backend):
             confirm_same_network(plan["imported"], verification)
         command = settings.trtexec_command(request.out_dir or out_dir)
         manifest.update(
-            artifact={"model": ENGINE, "onnx": TRT_ONNX},
+            artifact={"model": ENGINE, "onnx": TRT_ONNX,
+                      **({"smoothquant": plan["int8_plans"]["smoothquant"]} if plan.get("int8_plans") else {})},
             precision_plan=plan["nodes"], precision_summary=plan["summary"], fp16_plan=plan.get("fp16"),
             int8_plans=plan.get("int8_plans"), quantized_import=plan.get("imported"), trt_ready=ready,
             cpu_verification=verification, tensorrt={**asdict(settings), "trtexec": command},

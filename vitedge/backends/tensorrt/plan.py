@@ -52,7 +52,7 @@ def trt_plan(model: Any, export_onnx: Path, request: CompileRequest,
         graph, nodes, fp16, int8_plans = plan_int8(
             export_onnx, calibration, method="minmax" if method == "max" else method, keep=keep,
             quantize_attention=opts.quantize_attention, margin=margin, io_fp16=io_fp16, plan=opts.plan,
-            labels=labels)
+            labels=labels, smoothquant_alpha=opts.smoothquant_alpha)
     summary = {dtype: sum(n["dtype"] == dtype for n in nodes) for dtype in ("int8", "fp16", "fp32")}
     return graph, {"nodes": nodes, "summary": {k: v for k, v in summary.items() if v}, "fp16": fp16,
                    "int8_plans": int8_plans}

@@ -17,6 +17,7 @@ from vitedge.backends.options import (
     option,
     plan_option,
     quantize_attention_option,
+    smoothquant_alpha_option,
 )
 from vitedge.errors import BadInput
 from vitedge.manifest import Manifest
@@ -54,6 +55,7 @@ class TensorRTOptions(Options):
                                     "QAT) to build instead of vitedge's own quantization.", path=True,
                                     must_exist=True)
     plan: str = plan_option()
+    smoothquant_alpha: float | None = smoothquant_alpha_option()
 
 
 @dataclass
