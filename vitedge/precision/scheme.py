@@ -32,9 +32,9 @@ reparameterizable blocks exported in their train-time form, FastViT): NNCF's def
 scheme with Add/Subtract/Multiply/ReduceMean kept float. NNCF's CNN scheme quantizes the inputs
 of every elementwise op, so the residual stream is re-quantized at each of the branch sums,
 BatchNorm scale/shift and SE gating: FastViT rel 0.123 (ONNX Runtime, which quantizes only
-Conv/MatMul inputs: 0.088); with these ops float 0.069. Not for the other conv kinds: on
-EfficientViT-M the same ignored scope makes NNCF quantize depthwise-conv inputs per channel
-instead, rel 0.03 -> 0.42;
+Conv/MatMul inputs: 0.088); with these ops float 0.068. Not for the other conv kinds: on
+EfficientViT-M the same ignored scope gave rel 0.03 -> 0.42 (NNCF then quantized a depthwise
+conv's input per channel);
 `convolutional` (depthwise convs + BatchNorm, no LayerNorm: EfficientViT-M, EfficientFormerV2):
 NNCF's default (CNN) scheme, which also quantizes the elementwise ops between the convs;
 `windowed` (window attention: Swin-style): TRANSFORMER;
@@ -164,7 +164,7 @@ def choose_scheme(model: onnx.ModelProto) -> Int8Scheme:
                           "parallel conv branches summed (reparameterizable blocks in train-time form): NNCF's "
                           "default (CNN) scheme with the elementwise ops and mean pools kept float, so the branch "
                           "sums, BatchNorm scale/shift, SE gating and residual stream are not re-quantized at "
-                          "every op (FastViT: rel 0.123 -> 0.069)", facts, float_op_types=_BRANCH_FLOAT_TYPES)
+                          "every op (FastViT: rel 0.123 -> 0.068)", facts, float_op_types=_BRANCH_FLOAT_TYPES)
     if facts["depthwise_conv"] and facts["batchnorm"] and not facts["layernorm"]:
         return Int8Scheme("convolutional", None, False,
                           "depthwise convs + BatchNorm, no LayerNorm: NNCF's default (CNN) scheme", facts)
