@@ -30,7 +30,7 @@ CI_TARGET = {
     "beitv2": (("openvino", "int8"), "transformer"),
     "swin": (("openvino", "int8"), "windowed"),
     "levit": (("openvino", "int8"), "hybrid"),
-    "fastvit": (("onnxruntime", "int8"), "convolutional"),
+    "fastvit": (("openvino", "int8"), "multi_branch"),  # train-time MobileOne branches summed
     "efficientvit": (("openvino", "int8"), "convolutional"),
     "pvt_v2": (("tensorrt", "int8"), "hybrid"),
     "efficientformer": (("openvino", "int8"), "hybrid"),
@@ -77,6 +77,11 @@ def _check_compiled(manifest: Manifest, target: str, precision: str, kind: str) 
     if target == "openvino" and precision == "int8":
         assert manifest["artifact"]["int8_scheme"]["kind"] == kind
         assert manifest["precision_summary"].get("int8", 0) > 0
+        kept = manifest["artifact"]["scheme_float"]
+        assert kept["op_types"] == (["Add", "Subtract", "Multiply", "ReduceMean"] if kind == "multi_branch" else [])
+        for row in manifest["precision_plan"]:  # what the scheme keeps float runs float
+            if "range floor" in row["reason"] or "INT8 scheme" in row["reason"]:
+                assert row["dtype"] != "int8", row
     if target == "onnxruntime" and precision == "int8":
         assert manifest["precision_summary"].get("int8", 0) > 0
     if target == "tensorrt":
@@ -95,7 +100,11 @@ def test_family_exports_with_parity_and_compiles(family: str, family_exports, di
     if family.startswith("beit"):  # SDPA + symbolic batch fails to decompose: the fallback exports it
         assert manifest["onnx"]["exporter"] == "dynamo (unfused attention)"
     (target, precision), kind = CI_TARGET[family]
-    _check_compiled(_compile(export, tmp_path / "art", target, precision, digits_calib), target, precision, kind)
+    compiled = _compile(export, tmp_path / "art", target, precision, digits_calib)
+    _check_compiled(compiled, target, precision, kind)
+    if family == "beitv2":  # timm initialises the head x0.001: under NNCF's weight range floor, kept float
+        assert compiled["artifact"]["scheme_float"]["weights_below_floor"] == ["logits"]
+        assert any("range floor" in row["reason"] for row in compiled["precision_plan"])
 
 
 @pytest.mark.slow
@@ -172,3 +181,52 @@ def test_scheme_kinds_from_graph_facts() -> None:
     assert transformer.model_type == "TRANSFORMER" and not transformer.smooth_quant  # vitedge migrates outliers
     assert choose_scheme(graph([("Conv", {}), ("Conv", {"group": 4}), ("BatchNormalization", {})])).model_type is None
     assert transformer.facts["softmax"] == 1 and transformer.facts["conv"] == 1
+
+
+def test_multi_branch_kind_from_parallel_branch_sums() -> None:
+    """conv3x3(x) + conv1x1(x) + bn(x) (a reparameterizable block in train-time form) makes the
+    graph `multi_branch`; a residual x + conv(x) does not."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vitedge.precision.scheme import choose_scheme
+
+    w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
+    bn = [numpy_helper.from_array(np.ones(4, np.float32), n) for n in ("g", "b", "m", "v")]
+
+    def graph(nodes: list) -> object:
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [w, *bn])
+        return helper.make_model(g)
+
+    stem = helper.make_node("Conv", ["x", "w"], ["s"])
+    branches = graph([stem, helper.make_node("Conv", ["s", "w"], ["a"]), helper.make_node("Conv", ["s", "w"], ["c"]),
+                      helper.make_node("BatchNormalization", ["s", "g", "b", "m", "v"], ["n"]),
+                      helper.make_node("Add", ["a", "c"], ["ac"]), helper.make_node("Add", ["ac", "n"], ["out"])])
+    scheme = choose_scheme(branches)
+    assert scheme.kind == "multi_branch" and scheme.facts["branch_sums"] == 2
+    assert scheme.model_type is None and "Add" in scheme.float_op_types
+    residual = graph([stem, helper.make_node("Conv", ["s", "w"], ["a"]), helper.make_node("Add", ["s", "a"], ["out"])])
+    assert choose_scheme(residual).facts["branch_sums"] == 0 and choose_scheme(residual).kind != "multi_branch"
+
+
+def test_weights_below_nncf_floor_found_on_the_openvino_model(tmp_path: Path) -> None:
+    """MatMuls whose weights are all under NNCF's symmetric range floor are found (zeros are not:
+    they quantize exactly); normal weights are left to NNCF."""
+    import numpy as np
+    import onnx
+    import openvino as ov
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vitedge.backends.openvino import weights_below_floor
+    from vitedge.precision.scheme import NNCF_WEIGHT_RANGE_FLOOR
+
+    weights = {"tiny": np.full((8, 8), 5e-5, np.float32), "zero": np.zeros((8, 8), np.float32),
+               "normal": np.full((8, 8), 0.02, np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", name], [f"y_{name}"], name=f"mm_{name}") for name in weights]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                          [helper.make_tensor_value_info(f"y_{n}", TensorProto.FLOAT, [1, 8]) for n in weights],
+                          [numpy_helper.from_array(v, n) for n, v in weights.items()])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    below = weights_below_floor(ov.convert_model(str(tmp_path / "m.onnx")), NNCF_WEIGHT_RANGE_FLOOR)
+    assert list(below.values()) == [pytest.approx(5e-5)] and "tiny" in next(iter(below))

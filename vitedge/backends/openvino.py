@@ -156,12 +156,15 @@ def ov_module_map(ov_model: Any, onnx_modules: dict[str, str | None]) -> dict[st
 
 
 def runtime_plan(compiled: Any, modules: dict[str, str | None], precision: str,
-                 ignored: set[str], accuracy_control: bool) -> list[dict[str, Any]]:
+                 ignored: set[str], accuracy_control: bool,
+                 kept_float: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Every compute node of the compiled runtime graph with the precision it really runs in.
 
     MODULES maps OpenVINO op names to PyTorch modules (`ov_module_map`); IGNORED holds the op
-    names the user's --ignored-scope matched.
+    names the user's --ignored-scope matched; KEPT_FLOAT the op names the INT8 scheme kept
+    float, with why.
     """
+    kept_float = kept_float or {}
     hint = precision_word(compiled.get_property("INFERENCE_PRECISION_HINT"))
     plan = []
     for op in compiled.get_runtime_model().get_ordered_ops():
@@ -180,6 +183,8 @@ def runtime_plan(compiled: Any, modules: dict[str, str | None], precision: str,
                       else f"{precision} artifact; OpenVINO keeps this op in {dtype}")
         elif any(n in ignored for n in names):
             reason = "excluded by --ignored-scope"
+        elif any(n in kept_float for n in names):
+            reason = next(kept_float[n] for n in names if n in kept_float)
         elif layer in _MATMUL_LAYERS:
             reason = ("reverted to float by accuracy control (--max-drop)" if accuracy_control
                       else "not quantized by NNCF")
@@ -209,6 +214,60 @@ def _ignored(scope: Any, ov_model: Any, onnx_modules: dict[str, str | None]) -> 
     matched = {op for op, kind in ops.items()
                if op in names or kind in scope.types or any(re.search(p, op) for p in scope.patterns)}
     return names, matched
+
+
+_WEIGHTED_OPS = ("MatMul", "Convolution", "GroupConvolution")
+_WEIGHT_PATH_OPS = ("Convert", "Reshape", "Transpose", "Unsqueeze", "Squeeze")
+
+
+def weights_below_floor(ov_model: Any, floor: float) -> dict[str, float]:
+    """MatMul/Conv ops (name -> largest |w|) whose constant weights are all smaller than FLOOR
+    and not all zero (zeros quantize exactly: e.g. a residual branch whose BatchNorm gamma is
+    initialised to 0).
+
+    Read on the OpenVINO model NNCF quantizes, after OpenVINO's conversion has folded scales
+    (e.g. a layer scale) into the weights.
+    """
+    found: dict[str, float] = {}
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() not in _WEIGHTED_OPS:
+            continue
+        node = op.input_value(1).get_node()
+        while node.get_type_name() in _WEIGHT_PATH_OPS:
+            node = node.input_value(0).get_node()
+        if node.get_type_name() != "Constant":
+            continue  # activation x activation (attention) MatMul
+        weights = node.get_data()
+        if weights.dtype.kind == "f" and weights.size:
+            largest = float(np.abs(weights).max())
+            if 0 < largest < floor:
+                found[op.get_friendly_name()] = largest
+    return found
+
+
+@dataclass(frozen=True)
+class SchemeFloat:
+    """What an INT8 scheme keeps float on one ov.Model: op names and op types for NNCF's ignored
+    scope, and every such op name with why (for the precision plan)."""
+
+    names: list[str]
+    types: list[str]
+    reasons: dict[str, str]
+
+    @classmethod
+    def of(cls, ov_model: Any, scheme: Any) -> "SchemeFloat":
+        from vitedge.precision.scheme import NNCF_WEIGHT_RANGE_FLOOR
+
+        below = weights_below_floor(ov_model, NNCF_WEIGHT_RANGE_FLOOR)
+        reasons = {name: (f"kept float: weights below NNCF's range floor (largest |w| {largest:.1e} < "
+                          f"{NNCF_WEIGHT_RANGE_FLOOR:g}): INT8 would use fewer than 127 levels")
+                   for name, largest in below.items()}
+        present = {op.get_type_name() for op in ov_model.get_ops()}
+        types = [t for t in scheme.float_op_types if t in present]  # NNCF rejects types it cannot find
+        for op in ov_model.get_ops():
+            if op.get_type_name() in types:
+                reasons[op.get_friendly_name()] = f"kept float by the {scheme.kind} INT8 scheme"
+        return cls(sorted(below), types, reasons)
 
 
 @contextlib.contextmanager
@@ -285,6 +344,7 @@ class OpenVINOBackend(Backend):
                     raise CompileFailed(f"OpenVINO could not convert {source}: {exc}") from exc
         onnx_modules = _module_map(source)
         ignored: set[str] = set()
+        kept_float = SchemeFloat([], [], {})
         details: dict[str, Any] = {"weights": "fp16" if request.precision == "fp16" else "fp32"}
         if request.precision == "int8":
             if cpu_info()["int8_vnni"] is False:
@@ -293,7 +353,9 @@ class OpenVINOBackend(Backend):
                         "--precision fp32 (gate `faster(openvino-int8, openvino-fp32)`) before you ship it")
             from vitedge.precision.scheme import scheme_for_file
 
-            ov_model, ignored, details = self._quantize(ov_model, onnx_modules, request, scheme_for_file(source))
+            scheme = scheme_for_file(source)
+            kept_float = SchemeFloat.of(ov_model, scheme)
+            ov_model, ignored, details = self._quantize(ov_model, onnx_modules, request, scheme, kept_float)
             details["smoothquant"] = smoothquant
         ov.save_model(ov_model, str(out_dir / MODEL_XML), compress_to_fp16=request.precision == "fp16")
         core = ov.Core()
@@ -321,13 +383,16 @@ class OpenVINOBackend(Backend):
                                "cpu_isa": cpu_info()["isa"], "cpu_bf16_native": cpu_info()["bf16_native"]}
         manifest["precision_run"] = resolved["inference_precision"]
         manifest["precision_plan"] = runtime_plan(compiled, ov_module_map(saved, onnx_modules), request.precision,
-                                                  ignored, accuracy_control=details.get("max_drop") is not None)
+                                                  ignored, accuracy_control=details.get("max_drop") is not None,
+                                                  kept_float=kept_float.reasons)
         return manifest
 
     def _quantize(self, ov_model: Any, onnx_modules: dict[str, str | None],
-                  request: CompileRequest, scheme: Any) -> tuple[Any, set[str], dict[str, Any]]:
+                  request: CompileRequest, scheme: Any,
+                  kept_float: SchemeFloat) -> tuple[Any, set[str], dict[str, Any]]:
         """nncf.quantize (or quantize_with_accuracy_control with --max-drop) on the ov.Model.
 
+        KEPT_FLOAT is what the INT8 SCHEME keeps float, added to the user's --ignored-scope.
         Returns the quantized model, the op names --ignored-scope matched, and what to record.
         """
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA" noise
@@ -344,8 +409,10 @@ class OpenVINOBackend(Backend):
         calib_ds = nncf.Dataset([x[i:i + 1] for i in range(len(x))])
         scope = IgnoredScope.parse(opts.ignored_scope)
         names, matched = _ignored(scope, ov_model, onnx_modules)
-        ignored_scope = nncf.IgnoredScope(names=names, patterns=list(scope.patterns),
-                                          types=list(scope.types)) if scope else None
+        extra_names = [n for n in kept_float.names if n not in names]
+        ignored_scope = nncf.IgnoredScope(names=names + extra_names, patterns=list(scope.patterns),
+                                          types=list(scope.types) + kept_float.types) \
+            if scope or extra_names or kept_float.types else None
         method = request.calib_method or self.default_calib_method
         advanced = AdvancedQuantizationParameters()
         if _NNCF_RANGES[method]:
@@ -364,6 +431,8 @@ class OpenVINOBackend(Backend):
                                    "range_estimator": (method if _NNCF_RANGES[method]
                                                        else scheme.range_estimator or method),
                                    "ignored_scope": list(opts.ignored_scope),
+                                   "scheme_float": {"op_types": kept_float.types,
+                                                    "weights_below_floor": kept_float.names},
                                    "max_drop": max_drop}
         try:
             with _nncf_output():

@@ -25,13 +25,27 @@ NNCF's SmoothQuant. NNCF's SmoothQuant is therefore off for every kind: vitedge 
 activation outliers itself, only where a LayerNorm output has them (precision/smoothquant.py,
 applied before NNCF as before the ONNX Runtime / TensorRT quantizer).
 
-Four kinds, checked in this order, from the ONNX graph (op types) and the exporter's module
-metadata (class names):
-`convolutional` (depthwise convs + BatchNorm, no LayerNorm: EfficientViT-M, FastViT):
+Five kinds, checked in this order, from the ONNX graph (op types, parallel-branch sums) and the
+exporter's module metadata (class names):
+`multi_branch` (Adds summing parallel Conv/BatchNorm branches of one tensor: MobileOne-style
+reparameterizable blocks exported in their train-time form, FastViT): NNCF's default (CNN)
+scheme with Add/Subtract/Multiply/ReduceMean kept float. NNCF's CNN scheme quantizes the inputs
+of every elementwise op, so the residual stream is re-quantized at each of the branch sums,
+BatchNorm scale/shift and SE gating: FastViT rel 0.123 (ONNX Runtime, which quantizes only
+Conv/MatMul inputs: 0.088); with these ops float 0.068. Not for the other conv kinds: on
+EfficientViT-M the same ignored scope gave rel 0.03 -> 0.42 (NNCF then quantized a depthwise
+conv's input per channel);
+`convolutional` (depthwise convs + BatchNorm, no LayerNorm: EfficientViT-M, EfficientFormerV2):
 NNCF's default (CNN) scheme, which also quantizes the elementwise ops between the convs;
 `windowed` (window attention: Swin-style): TRANSFORMER;
 `transformer` (attention, one patch-embedding conv: ViT, DeiT, EVA-02, BEiT): TRANSFORMER;
 `hybrid` (convolutions besides the patch embedding: LeViT, PVT-v2, EfficientFormer): TRANSFORMER.
+
+Independently of the kind, backends/openvino.py keeps float every Conv/MatMul whose weights are
+all smaller than NNCF's floor on symmetric weight ranges (`NNCF_WEIGHT_RANGE_FLOOR`): NNCF
+widens such ranges to the floor, so the weights are quantized to fewer than 127 levels (BEiT's
+classifier head, initialised x0.001: ~100 levels; layer-scale 1e-5 folded into a conv by
+OpenVINO: 1-2 levels).
 """
 
 from __future__ import annotations
@@ -41,7 +55,9 @@ from typing import Any
 
 import onnx
 
-KINDS = ("transformer", "windowed", "hybrid", "convolutional")
+KINDS = ("transformer", "windowed", "hybrid", "convolutional", "multi_branch")
+# multi_branch: what NNCF's CNN scheme quantizes besides Conv/MatMul inputs, kept float
+_BRANCH_FLOAT_TYPES = ("Add", "Subtract", "Multiply", "ReduceMean")
 _CLASS_KEY = "pkg.torch.onnx.class_hierarchy"
 
 
@@ -58,6 +74,8 @@ class Int8Scheme:
     # TRANSFORMER) on every family measured: LeViT 0.145 -> 0.032, Swin 0.064 -> 0.041,
     # EfficientViT 0.033 -> 0.025, ViT 0.027 -> 0.022.
     range_estimator: str | None = "MINMAX"
+    # OpenVINO op types whose inputs NNCF must not quantize (nncf.IgnoredScope types)
+    float_op_types: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,10 +116,44 @@ class Int8Scheme:
         return advanced
 
 
+_BRANCH_OPS = ("Conv", "BatchNormalization")
+_SUM_OPS = ("Add", "Sum")
+
+
+def _branch_sums(model: onnx.ModelProto) -> int:
+    """Adds that sum parallel Conv / BatchNorm branches of one tensor: the train-time form of
+    reparameterizable blocks (MobileOne, RepVGG, FastViT), e.g. conv3x3(x) + conv1x1(x) + bn(x).
+
+    A residual Add (x + f(x)) is not one: x is the branch input, not a branch of the same input.
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    sources: dict[str, frozenset[str]] = {}
+
+    def branch_inputs(tensor: str) -> frozenset[str]:
+        """The tensors TENSOR is a Conv/BatchNorm branch of, through sums of such branches."""
+        if tensor not in sources:
+            sources[tensor] = frozenset()  # cycles cannot occur in ONNX; this also bounds recursion on repeats
+            node = producers.get(tensor)
+            if node is not None and node.op_type in _BRANCH_OPS:
+                sources[tensor] = frozenset(node.input[:1])
+            elif node is not None and node.op_type in _SUM_OPS:
+                sources[tensor] = frozenset().union(*(branch_inputs(i) for i in node.input))
+        return sources[tensor]
+
+    count = 0
+    for node in model.graph.node:
+        if node.op_type in _SUM_OPS and len(node.input) >= 2:
+            first, *rest = (branch_inputs(i) for i in node.input)
+            if any(first & other for other in rest):
+                count += 1
+    return count
+
+
 def graph_facts(model: onnx.ModelProto) -> dict[str, int]:
-    """Op-type counts that tell the families apart (depthwise = Conv with group > 1)."""
+    """Op-type counts that tell the families apart (depthwise = Conv with group > 1), and the
+    number of parallel-branch sums (`_branch_sums`)."""
     counts: dict[str, int] = {"conv": 0, "depthwise_conv": 0, "batchnorm": 0, "layernorm": 0,
-                              "softmax": 0, "window_attention": 0}
+                              "softmax": 0, "window_attention": 0, "branch_sums": _branch_sums(model)}
     for node in model.graph.node:
         op = node.op_type
         if op == "Conv":
@@ -124,6 +176,12 @@ def choose_scheme(model: onnx.ModelProto) -> Int8Scheme:
     """The INT8 scheme for MODEL (an exported FP32 ONNX graph)."""
     facts = graph_facts(model)
     convs_beyond_stem = facts["conv"] > 1
+    if facts["branch_sums"]:
+        return Int8Scheme("multi_branch", None, False,
+                          "parallel conv branches summed (reparameterizable blocks in train-time form): NNCF's "
+                          "default (CNN) scheme with the elementwise ops and mean pools kept float, so the branch "
+                          "sums, BatchNorm scale/shift, SE gating and residual stream are not re-quantized at "
+                          "every op (FastViT: rel 0.123 -> 0.068)", facts, float_op_types=_BRANCH_FLOAT_TYPES)
     if facts["depthwise_conv"] and facts["batchnorm"] and not facts["layernorm"]:
         return Int8Scheme("convolutional", None, False,
                           "depthwise convs + BatchNorm, no LayerNorm: NNCF's default (CNN) scheme", facts)
@@ -137,6 +195,10 @@ def choose_scheme(model: onnx.ModelProto) -> Int8Scheme:
     return Int8Scheme("hybrid", "TRANSFORMER", False,
                       "conv/attention hybrid: TRANSFORMER scheme, SmoothQuant off (it broke LeViT/PVT-v2)", facts)
 
+
+# nncf.quantization.fake_quantize.fix_zero_filters_symmetric (NNCF 3.x): symmetric weight ranges
+# are widened to at least max(1% of the tensor's largest, 8e-5)
+NNCF_WEIGHT_RANGE_FLOOR = 8e-5
 
 DEFAULT_MAX_DROP = 0.005  # the issue-3 accuracy target: at most 0.5 points of top-1 lost
 
