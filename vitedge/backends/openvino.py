@@ -241,7 +241,6 @@ class OpenVINOOptions(Options):
     ignored_scope: list[str] = ignored_scope_option()
 
 
-@register_backend
 class _OneByOne:
     """Images of an array (or an on-disk `ImageArray`) as [1, 3, H, W] batches, sliced when
     NNCF iterates (it does once per statistics pass), so no pass holds the calibration set."""
@@ -259,6 +258,7 @@ class _OneByOne:
             yield np.ascontiguousarray(self.images[i:i + 1], dtype=np.float32)
 
 
+@register_backend
 class OpenVINOBackend(Backend):
     name = "openvino"
     precisions = ("fp32", "fp16", "bf16", "int8")
