@@ -529,7 +529,8 @@ def plan_fp16(model: onnx.ModelProto, calibration: np.ndarray | None, *, margin:
     if ranges is None:
         ranges = activation_ranges(named, calibration) if has_data else {}
     if floors is None:
-        floors = row_floors(named, calibration[:FLOOR_SAMPLES]) if has_data else {}
+        floors = row_floors(named, calibration.take(np.arange(min(FLOOR_SAMPLES, len(calibration))), axis=0)) \
+            if has_data else {}
     islands = choose_islands(named, ranges, margin=margin, keep=keep, fp32_ops=fp32_ops, floors=floors)
     converted = convert_fp16(named, [i.node for i in islands], io_fp16=io_fp16)
     nodes = node_precisions(named, islands)

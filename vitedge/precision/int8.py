@@ -441,9 +441,9 @@ def plan_int8(export_onnx: str | Path, calibration: np.ndarray, *, method: str =
     attention = activation_matmuls(quantized)
     with ui.Step("calibration statistics for the FP16 part"):
         ranges = activation_ranges(quantized, calibration)
-        floors = row_floors(quantized, calibration[:FLOOR_SAMPLES])
+        floors = row_floors(quantized, calibration.take(np.arange(min(FLOOR_SAMPLES, len(calibration))), axis=0))
     with_residuals, residual_adds_changed = quantize_residuals(quantized, ranges, exclude=keep)
-    gate = np.ascontiguousarray(calibration[:GATE_SAMPLES])
+    gate = calibration.take(np.arange(min(GATE_SAMPLES, len(calibration))), axis=0)  # read batch by batch
     gate_labels = labels[:GATE_SAMPLES] if labels is not None else None
     reference = run_logits(onnx.load(str(export_onnx)), gate)
 
