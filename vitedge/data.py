@@ -2,8 +2,10 @@
 
 Every consumer (export parity, calibration, drift, bench) gets the same thing: an
 `ImageSet` turned into a float32 NCHW array by the one preprocessing function, with the
-manifest's preprocessing. Preprocessed tensors are cached on disk, keyed by a hash of the
-files' contents and the preprocessing.
+manifest's preprocessing. Preprocessed tensors are cached on disk (raw float32 rows plus a
+JSON index written last), keyed by a hash of the files' contents and the preprocessing; they
+are written image by image, and calibration reads them back batch by batch (`ImageArray`), so
+its memory does not grow with the number of images.
 """
 
 from __future__ import annotations
