@@ -274,6 +274,7 @@ def load_tensors(image_set: ImageSet, pre: Preprocessing, *, use_cache: bool = T
     owned = False
     if keep is None:
         rows_file, keep, owned = _preprocess_to_file(image_set, pre, rows_file, index_file, use_cache, description)
+    images = ImageArray(rows_file, (len(keep), 3, h, w), owned=owned)  # a temporary file goes with it
     kept = set(keep)
     skipped = [str(p) for i, p in enumerate(image_set.paths) if i not in kept]
     total = len(image_set.paths)
@@ -284,7 +285,6 @@ def load_tensors(image_set: ImageSet, pre: Preprocessing, *, use_cache: bool = T
         )
     if skipped:
         ui.warn(f"skipped {len(skipped)} undecodable image(s) in {image_set.source}")
-    images = ImageArray(rows_file, (len(keep), 3, h, w), owned=owned)
     labels = np.asarray([image_set.labels[i] for i in keep]) if image_set.labelled else None
     return Tensors(images if lazy else np.asarray(images), labels, [str(image_set.paths[i]) for i in keep],
                    skipped, key)
