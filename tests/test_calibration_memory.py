@@ -79,3 +79,18 @@ def test_image_array_reads_only_the_rows_asked_for(digits_calib: Path, demo_expo
     finally:
         tracemalloc.stop()
     assert batch.nbytes <= peak < 2 * batch.nbytes + 2**16  # one batch read, not the set
+
+
+def test_without_a_cache_the_images_live_in_a_temporary_file_that_goes_with_them(digits_calib: Path,
+                                                                                 demo_export: Path) -> None:
+    import gc
+
+    pre = Manifest.load(demo_export).preprocessing
+    image_set = open_image_set(digits_calib).subset(12)
+    lazy = load_tensors(image_set, pre, use_cache=False, lazy=True).x
+    path = lazy.path
+    assert path.is_file() and path.stat().st_size == 12 * 4 * int(np.prod(lazy.shape[1:]))
+    np.testing.assert_array_equal(lazy[:], load_tensors(image_set, pre).x)
+    del lazy
+    gc.collect()
+    assert not path.exists()
