@@ -1,26 +1,36 @@
 #!/usr/bin/env bash
 # Peak resident memory (`/usr/bin/time -v`, "Maximum resident set size") of export and of every
 # calibrated compile target for ViT-B/16 at 384 px (seeded random init: memory does not depend on
-# the weights' values), with N calibration images (default 500; the digit images, resized).
-#   [TARGETS="onnxruntime:int8 ..."] scripts/memory_vitb384.sh [N] [WORKDIR]
+# the weights' values), for each calibration-set size N (default 500; the digit images, resized to
+# 384 by the model's preprocessing). Each run starts with an empty tensor cache (decoding included);
+# the load average (`uptime`) is printed with every number: this machine is shared.
+#   [TARGETS="onnxruntime:int8 ..."] scripts/memory_vitb384.sh ["N ..."] [WORKDIR]
 set -euo pipefail
-N=${1:-500}
+SIZES=${1:-500}
 WORK=${2:-$(mktemp -d -t vitedge-mem-XXXX)}
 CALIB=${CALIB:-calibration/digits/calib}
-measure() {  # label, command...
-  local label=$1; shift
-  /usr/bin/time -v "$@" >"$WORK/$label.log" 2>&1 || true
+measure() {  # label, N, command...
+  local label=$1 n=$2; shift 2
+  local cache; cache=$(mktemp -d -t vitedge-mem-cache-XXXX)
+  VITEDGE_CACHE_DIR=$cache /usr/bin/time -v "$@" >"$WORK/$label-$n.log" 2>&1 || true
+  rm -rf "$cache"
   local rss_kb wall
-  rss_kb=$(grep "Maximum resident set size" "$WORK/$label.log" | awk '{print $NF}')
-  wall=$(grep "Elapsed (wall clock)" "$WORK/$label.log" | awk '{print $NF}')
-  printf "| %s | %s | %.2f GB | %s |\n" "$label" "$N" "$(echo "$rss_kb / 1048576" | bc -l)" "$wall"
+  rss_kb=$(grep "Maximum resident set size" "$WORK/$label-$n.log" | awk '{print $NF}')
+  wall=$(grep "Elapsed (wall clock)" "$WORK/$label-$n.log" | awk '{print $NF}')
+  printf "| %s | %s | %.2f GB | %s | %s |\n" "$label" "$n" "$(echo "$rss_kb / 1048576" | bc -l)" "$wall" \
+    "$(uptime | sed 's/.*load average: //')"
 }
-echo "| step | calibration images | peak RSS | wall |"
-echo "|---|---|---|---|"
-[ -d "$WORK/export" ] || measure export python -m vitedge --quiet export timm:vit_base_patch16_384 --random-init 0 -o "$WORK/export"
-for tp in ${TARGETS:-openvino:int8 onnxruntime:int8 tensorrt:fp16 tensorrt:int8}; do
+echo "| step | calibration images | peak RSS | wall | load average (1, 5, 15 min) after |"
+echo "|---|---|---|---|---|"
+[ -d "$WORK/export" ] || measure export - python -m vitedge --quiet export timm:vit_base_patch16_384 --random-init 0 \
+  -o "$WORK/export"
+for tp in ${TARGETS:-onnxruntime:int8 openvino:int8 tensorrt:fp16 tensorrt:int8}; do
   target=${tp%:*}; precision=${tp#*:}
+  for n in $SIZES; do
+    rm -rf "$WORK/$target-$precision"
+    # tensorrt exits 3 after writing its plan here (no TensorRT to build the engine): measured all the same
+    measure "$target-$precision" "$n" python -m vitedge --quiet compile "$WORK/export" --target "$target" \
+      --precision "$precision" --calib "$CALIB" --calib-size "$n" -o "$WORK/$target-$precision"
+  done
   rm -rf "$WORK/$target-$precision"
-  measure "$target-$precision" python -m vitedge --quiet compile "$WORK/export" --target "$target" \
-    --precision "$precision" --calib "$CALIB" --calib-size "$N" -o "$WORK/$target-$precision"
 done

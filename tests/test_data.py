@@ -119,7 +119,7 @@ def test_tensors_use_the_one_preprocessing_and_are_cached(tmp_path: Path, monkey
     expected = np.stack([preprocess_image(open_rgb(p), PRE) for p in image_set.paths])
     np.testing.assert_array_equal(first.x, expected)
     assert first.x.shape == (9, 3, 32, 32) and first.labels.tolist() == image_set.labels
-    assert len(list((tmp_path / "cache" / "tensors").glob("*.npz"))) == 1
+    assert len(list((tmp_path / "cache" / "tensors").glob("*.f32"))) == 1
 
     def no_decoding(*args: object) -> None:
         raise AssertionError("the cache should have answered")
@@ -137,7 +137,7 @@ def test_tensors_use_the_one_preprocessing_and_are_cached(tmp_path: Path, monkey
     assert changed.content_hash != first.content_hash
     assert not np.array_equal(changed.x[0], first.x[0]) and np.array_equal(changed.x[1:], first.x[1:])
     # a damaged cache entry is rebuilt, not trusted
-    entry = next((tmp_path / "cache" / "tensors").glob(f"{changed.content_hash}.npz"))
+    entry = next((tmp_path / "cache" / "tensors").glob(f"{changed.content_hash}.json"))
     entry.write_bytes(b"garbage")
     np.testing.assert_array_equal(load_tensors(image_set, PRE).x, changed.x)
 

@@ -66,7 +66,8 @@ def _compile_locked(backend: Backend, source: Manifest, in_dir: Path, out_dir: P
     if request.calib and precision in backend.calibrated_precisions:
         image_set = open_image_set(request.calib, source.labels).subset(
             request.calib_size or backend.default_calib_size, request.seed)
-        request.calibration = load_tensors(image_set, source.preprocessing, description="calibration images")
+        request.calibration = load_tensors(image_set, source.preprocessing, lazy=True,  # read batch by batch
+                                           description="calibration images")
     elif request.calib:
         ui.warn(f"--calib is not used for --target {target} --precision {precision}")
     if request.val:

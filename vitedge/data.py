@@ -2,8 +2,10 @@
 
 Every consumer (export parity, calibration, drift, bench) gets the same thing: an
 `ImageSet` turned into a float32 NCHW array by the one preprocessing function, with the
-manifest's preprocessing. Preprocessed tensors are cached on disk, keyed by a hash of the
-files' contents and the preprocessing.
+manifest's preprocessing. Preprocessed tensors are cached on disk (raw float32 rows plus a
+JSON index written last), keyed by a hash of the files' contents and the preprocessing; they
+are written image by image, and calibration reads them back batch by batch (`ImageArray`), so
+its memory does not grow with the number of images.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ import hashlib
 import json
 import os
 import random
+import tempfile
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -144,20 +150,115 @@ def _cache_key(image_set: ImageSet, pre: Preprocessing) -> str:
     return digest.hexdigest()
 
 
+class ImageArray:
+    """Preprocessed images [N, 3, H, W] float32 in a raw file on disk, read only where indexed.
+
+    An int, a slice or an index array reads just those rows, so a calibration pass holds one
+    batch (ViT-B/16 at 384 px: 1.77 MB an image), never the whole set (500 images: 885 MB).
+    `np.asarray` reads everything (validation sets, tests). A file it OWNS (a temporary one,
+    when there is no usable cache) is deleted when the array is garbage collected.
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], owned: bool = False,
+                 rows: np.ndarray | None = None, parent: ImageArray | None = None) -> None:
+        self.path, self.shape = Path(path), tuple(int(d) for d in shape)
+        self._row = int(np.prod(self.shape[1:]))
+        self._rows, self._parent = rows, parent  # a view: file rows in order; the owner stays alive
+        if owned:
+            weakref.finalize(self, _unlink, self.path)
+
+    def take(self, indices: Any, axis: int = 0) -> ImageArray:
+        """A view of the images at INDICES, read when indexed (like `ndarray.take(indices, axis=0)`,
+        which copies: a drift check on 256 ViT-B/384 images then holds one batch, not 453 MB)."""
+        if axis != 0:
+            raise ValueError("ImageArray.take works along the image axis only")
+        picked = self._positions(indices)
+        rows = picked if self._rows is None else self._rows[picked]
+        return ImageArray(self.path, (len(rows), *self.shape[1:]), rows=rows, parent=self)
+
+    def _positions(self, index: Any) -> np.ndarray:
+        positions = np.asarray(index)
+        if positions.dtype == bool:
+            positions = np.flatnonzero(positions)
+        positions = np.where(positions < 0, positions + len(self), positions).astype(np.int64).ravel()
+        if positions.size and (positions.min() < 0 or positions.max() >= len(self)):
+            raise IndexError(f"image index out of range for {len(self)} images")
+        return positions
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        if count <= 0:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        if self._rows is not None:
+            return self._gather(self._rows[start:start + count])
+        rows = np.fromfile(self.path, dtype=self.dtype, count=count * self._row, offset=start * self._row * 4)
+        return rows.reshape(count, *self.shape[1:])
+
+    def _gather(self, file_rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(file_rows), *self.shape[1:]), self.dtype)
+        for k, i in enumerate(file_rows.tolist()):
+            out[k] = np.fromfile(self.path, dtype=self.dtype, count=self._row,
+                                 offset=i * self._row * 4).reshape(self.shape[1:])
+        return out
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, tuple):  # x[rows, ...]: read the rows, then index within them
+            return self[index[0]][(slice(None), *index[1:])] if not isinstance(index[0], (int, np.integer)) \
+                else self[index[0]][index[1:]]
+        if isinstance(index, (int, np.integer)):
+            i = int(index) + (len(self) if index < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"image {index} out of range for {len(self)} images")
+            return self._read(i, 1)[0]
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step == 1:
+                return self._read(start, stop - start)
+            index = np.arange(start, stop, step)
+        positions = self._positions(index)
+        return self._gather(positions if self._rows is None else self._rows[positions])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self._read(i, 1)[0]
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        whole = self._read(0, len(self))
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
 @dataclass
 class Tensors:
-    """Preprocessed images: x [N,3,H,W] float32, labels (or None), and what was skipped."""
+    """Preprocessed images: x [N,3,H,W] float32 (in memory, or an `ImageArray` read from disk
+    batch by batch), labels (or None), and what was skipped."""
 
-    x: np.ndarray
+    x: np.ndarray | ImageArray
     labels: np.ndarray | None
     names: list[str]
     skipped: list[str]
     content_hash: str
 
 
-def load_tensors(image_set: ImageSet, pre: Preprocessing, *, use_cache: bool = True,
+def load_tensors(image_set: ImageSet, pre: Preprocessing, *, use_cache: bool = True, lazy: bool = False,
                  description: str = "preprocessing") -> Tensors:
-    """Decode + preprocess every image once (cached), skipping and counting unreadable ones."""
+    """Decode + preprocess every image once (cached), skipping and counting unreadable ones.
+
+    Images are written to the cache one at a time, never held together while decoding. LAZY:
+    `x` is an `ImageArray` over the cache file, read batch by batch (calibration: memory does
+    not grow with the image count); otherwise x is read into memory. An .npz set is in memory.
+    """
     h, w = pre.input_size
     if image_set.tensors is not None:
         x = image_set.tensors
@@ -168,25 +269,14 @@ def load_tensors(image_set: ImageSet, pre: Preprocessing, *, use_cache: bool = T
         digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
         return Tensors(x, labels, [f"#{i}" for i in range(len(x))], [], digest)
     key = _cache_key(image_set, pre)
-    cached = cache_dir() / "tensors" / f"{key}.npz"
-    if use_cache and cached.is_file():
-        try:
-            with np.load(cached, allow_pickle=False) as data:
-                keep, x = data["keep"].tolist(), data["x"]
-        except (OSError, ValueError, KeyError):
-            keep = []  # a damaged cache entry is rebuilt below
-        if keep and len(x) == len(keep) and tuple(x.shape[1:]) == (3, h, w):
-            kept = set(keep)
-            labels = np.asarray([image_set.labels[i] for i in keep]) if image_set.labelled else None
-            skipped = [str(p) for i, p in enumerate(image_set.paths) if i not in kept]
-            return Tensors(x, labels, [str(image_set.paths[i]) for i in keep], skipped, key)
-    arrays, keep, skipped = [], [], []
-    for i, p in enumerate(ui.track(image_set.paths, description)):
-        try:
-            arrays.append(preprocess_image(open_rgb(p), pre))
-            keep.append(i)
-        except BadInput:
-            skipped.append(str(p))
+    rows_file, index_file = cache_dir() / "tensors" / f"{key}.f32", cache_dir() / "tensors" / f"{key}.json"
+    keep = _cached_keep(rows_file, index_file, (3, h, w)) if use_cache else None
+    owned = False
+    if keep is None:
+        rows_file, keep, owned = _preprocess_to_file(image_set, pre, rows_file, index_file, use_cache, description)
+    images = ImageArray(rows_file, (len(keep), 3, h, w), owned=owned)  # a temporary file goes with it
+    kept = set(keep)
+    skipped = [str(p) for i, p in enumerate(image_set.paths) if i not in kept]
     total = len(image_set.paths)
     if len(skipped) > MAX_BAD_FRACTION * total:
         raise BadInput(
@@ -195,17 +285,58 @@ def load_tensors(image_set: ImageSet, pre: Preprocessing, *, use_cache: bool = T
         )
     if skipped:
         ui.warn(f"skipped {len(skipped)} undecodable image(s) in {image_set.source}")
-    x = np.stack(arrays).astype(np.float32)
+    labels = np.asarray([image_set.labels[i] for i in keep]) if image_set.labelled else None
+    return Tensors(images if lazy else np.asarray(images), labels, [str(image_set.paths[i]) for i in keep],
+                   skipped, key)
+
+
+def _cached_keep(rows_file: Path, index_file: Path, image_shape: tuple[int, ...]) -> list[int] | None:
+    """The kept image indices of a complete cache entry (None when missing or damaged)."""
+    try:
+        index = json.loads(index_file.read_text())
+        keep = [int(i) for i in index["keep"]]
+        complete = (tuple(index["image_shape"]) == image_shape
+                    and rows_file.stat().st_size == 4 * len(keep) * int(np.prod(image_shape)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return keep if complete and keep else None
+
+
+def _preprocess_to_file(image_set: ImageSet, pre: Preprocessing, rows_file: Path, index_file: Path,
+                        use_cache: bool, description: str) -> tuple[Path, list[int], bool]:
+    """Decode and preprocess image by image into a raw float32 file: the cache entry (its index
+    written last, so a cut-off run leaves no entry), or a temporary file when there is no
+    usable cache. Returns the file, the kept indices, and whether the file is temporary."""
+    target = None
     if use_cache:
         try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.stem}.{os.getpid()}.npz")
-            np.savez(tmp, x=x, keep=np.asarray(keep, dtype=np.int64))
-            os.replace(tmp, cached)
+            rows_file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{rows_file.stem}.", suffix=".f32", dir=rows_file.parent)
+            target = rows_file
         except OSError:
             pass  # a read-only cache only costs time
-    labels = np.asarray([image_set.labels[i] for i in keep]) if image_set.labelled else None
-    return Tensors(x, labels, [str(image_set.paths[i]) for i in keep], skipped, key)
+    if target is None:
+        fd, tmp_name = tempfile.mkstemp(prefix="vitedge-images-", suffix=".f32")
+    keep: list[int] = []
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for i, p in enumerate(ui.track(image_set.paths, description)):
+                try:
+                    image = preprocess_image(open_rgb(p), pre)
+                except BadInput:
+                    continue
+                out.write(np.ascontiguousarray(image, dtype=np.float32).tobytes())
+                keep.append(i)
+        if target is None:
+            return Path(tmp_name), keep, True
+        os.replace(tmp_name, target)
+        tmp_index = index_file.with_name(f".{index_file.stem}.{os.getpid()}.json")
+        tmp_index.write_text(json.dumps({"image_shape": [3, *pre.input_size], "keep": keep}))
+        os.replace(tmp_index, index_file)
+        return target, keep, False
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def random_inputs(pre: Preprocessing, count: int, seed: int = 0) -> np.ndarray:

@@ -301,6 +301,23 @@ class OpenVINOOptions(Options):
     smoothquant_alpha: float | None = smoothquant_alpha_option()
 
 
+class _OneByOne:
+    """Images of an array (or an on-disk `ImageArray`) as [1, 3, H, W] batches, sliced when
+    NNCF iterates (it does once per statistics pass), so no pass holds the calibration set."""
+
+    def __init__(self, images: Any) -> None:
+        self.images, self.passes = images, 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self.passes += 1
+        for i in ui.track(range(len(self.images)),
+                          f"NNCF statistics, pass {self.passes} ({len(self.images)} batches of 1)"):
+            yield np.ascontiguousarray(self.images[i:i + 1], dtype=np.float32)
+
+
 @register_backend
 class OpenVINOBackend(Backend):
     name = "openvino"
@@ -406,7 +423,7 @@ class OpenVINOBackend(Backend):
         if request.calibration is None:
             raise BadInput("--precision int8 needs --calib DIR (calibration images)")
         x = request.calibration.x
-        calib_ds = nncf.Dataset([x[i:i + 1] for i in range(len(x))])
+        calib_ds = nncf.Dataset(_OneByOne(x))  # read image by image, never all held
         scope = IgnoredScope.parse(opts.ignored_scope)
         names, matched = _ignored(scope, ov_model, onnx_modules)
         extra_names = [n for n in kept_float.names if n not in names]

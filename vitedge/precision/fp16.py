@@ -28,7 +28,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from vitedge.onnx_utils import LAYOUT_OPS, QDQ_OPS, default_opset, module_name
-from vitedge.precision.stats import activation_ranges, float_tensor_types
+from vitedge.precision.stats import (
+    DEFAULT_MEMORY_BUDGET,
+    activation_ranges,
+    float_tensor_types,
+    intermediate_bytes_per_image,
+)
 
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 2.0 ** -14
@@ -117,6 +122,8 @@ def row_floors(model: onnx.ModelProto, inputs: np.ndarray, batch_size: int = 8) 
             if out and types.get(out) == FLOAT and out not in existing:
                 probe.graph.output.append(helper.make_tensor_value_info(out, FLOAT, None))
     feed = next(i.name for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer})
+    # every intermediate is an output here: the batch is capped like the statistics runs' (ViT-B/384: 1)
+    batch_size = max(1, min(batch_size, DEFAULT_MEMORY_BUDGET // max(1, intermediate_bytes_per_image(model))))
     floors: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="vitedge-floors-") as tmp:
         path = Path(tmp) / "probe.onnx"
@@ -522,7 +529,8 @@ def plan_fp16(model: onnx.ModelProto, calibration: np.ndarray | None, *, margin:
     if ranges is None:
         ranges = activation_ranges(named, calibration) if has_data else {}
     if floors is None:
-        floors = row_floors(named, calibration[:FLOOR_SAMPLES]) if has_data else {}
+        floors = row_floors(named, calibration.take(np.arange(min(FLOOR_SAMPLES, len(calibration))), axis=0)) \
+            if has_data else {}
     islands = choose_islands(named, ranges, margin=margin, keep=keep, fp32_ops=fp32_ops, floors=floors)
     converted = convert_fp16(named, [i.node for i in islands], io_fp16=io_fp16)
     nodes = node_precisions(named, islands)

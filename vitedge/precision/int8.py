@@ -183,30 +183,34 @@ def qdq_plan(model: onnx.ModelProto, *, op_types: Sequence[str] = QUANT_OP_TYPES
 
 
 class _CalibrationReader:
-    """ORT CalibrationDataReader over preprocessed tensors, with a progress bar.
+    """ORT CalibrationDataReader over preprocessed tensors, with a progress bar (batch count).
 
     It supports `set_range` so ORT collects one batch per call ("CalibStridedMinMax"): the
     histogram calibrators then merge per batch instead of holding every intermediate tensor
-    of the whole set in memory, and a short last batch is no problem.
+    of the whole set in memory, and a short last batch is no problem. Each batch is sliced
+    from TENSORS when ORT asks for it (an `ImageArray` reads it from disk then), so only the
+    batch in flight is held.
     """
 
     def __init__(self, tensors: np.ndarray, input_name: str, batch_size: int) -> None:
-        self.batches = [{input_name: np.ascontiguousarray(tensors[i:i + batch_size], dtype=np.float32)}
-                        for i in range(0, len(tensors), batch_size)]
-        self._ticks: Iterator[int] = iter(ui.track(range(len(self.batches)), "calibrating"))
-        self._it: Iterator[dict[str, np.ndarray]] = iter(self.batches)
+        self.tensors, self.input_name, self.batch_size = tensors, input_name, batch_size
+        self.starts = list(range(0, len(tensors), batch_size))
+        self._ticks: Iterator[int] = iter(ui.track(range(len(self.starts)),
+                                                   f"calibrating ({len(self.starts)} batches of {batch_size})"))
+        self._it: Iterator[int] = iter(self.starts)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.starts)
 
     def set_range(self, start_index: int, end_index: int) -> None:
-        self._it = iter(self.batches[start_index:end_index])
+        self._it = iter(self.starts[start_index:end_index])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._it, None)
-        if batch is not None:
-            next(self._ticks, None)
-        return batch
+        start = next(self._it, None)
+        if start is None:
+            return None
+        next(self._ticks, None)
+        return {self.input_name: np.ascontiguousarray(self.tensors[start:start + self.batch_size], dtype=np.float32)}
 
     def close(self) -> None:
         for _ in self._ticks:  # finish (and close) the progress bar
@@ -440,9 +444,9 @@ def plan_int8(export_onnx: str | Path, calibration: np.ndarray, *, method: str =
     attention = activation_matmuls(quantized)
     with ui.Step("calibration statistics for the FP16 part"):
         ranges = activation_ranges(quantized, calibration)
-        floors = row_floors(quantized, calibration[:FLOOR_SAMPLES])
+        floors = row_floors(quantized, calibration.take(np.arange(min(FLOOR_SAMPLES, len(calibration))), axis=0))
     with_residuals, residual_adds_changed = quantize_residuals(quantized, ranges, exclude=keep)
-    gate = np.ascontiguousarray(calibration[:GATE_SAMPLES])
+    gate = calibration.take(np.arange(min(GATE_SAMPLES, len(calibration))), axis=0)  # read batch by batch
     gate_labels = labels[:GATE_SAMPLES] if labels is not None else None
     reference = run_logits(onnx.load(str(export_onnx)), gate)
 

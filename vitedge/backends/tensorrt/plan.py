@@ -67,7 +67,7 @@ def verification_data(request: CompileRequest, manifest: Manifest) -> dict[str, 
             rng = np.random.default_rng(request.seed)
             pick = np.sort(rng.permutation(len(tensors.x))[:VERIFY_SAMPLES])
             labels = tensors.labels[pick] if tensors.labels is not None else None
-            return {"x": tensors.x[pick], "labels": labels, "source": source}
+            return {"x": tensors.x.take(pick, axis=0), "labels": labels, "source": source}  # lazy on disk
     return {"x": random_inputs(manifest.preprocessing, 32, request.seed), "labels": None,
             "source": "seeded random inputs"}
 

@@ -1,0 +1,96 @@
+"""Calibration memory does not grow with the number of calibration images (issue 12, MH5).
+
+Real compiles of the demo export (ONNX Runtime INT8, OpenVINO INT8 with NNCF, the TensorRT
+FP16 and INT8 plans) under tracemalloc, which sees every numpy array (calibration images,
+ONNX Runtime's outputs, statistics). The peak with many images must stay within a small
+fraction of what holding the extra images would take: the images are read batch by batch
+from the cache file and only running statistics are kept. A peak, not a time: no flakes.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitedge.compile import compile_artifact
+from vitedge.data import ImageArray, load_tensors, open_image_set
+from vitedge.errors import ArtifactIncomplete
+from vitedge.manifest import Manifest
+
+FEW, MANY = 64, 320  # FEW covers the fixed-size subsets (64-image drift gate and row floors)
+
+
+def _peak_bytes(demo_export: Path, calib: Path, out: Path, target: str, precision: str, images: int) -> int:
+    """Peak traced bytes of one compile with IMAGES calibration images (decoding included)."""
+    tracemalloc.start()
+    try:
+        try:
+            compile_artifact(demo_export, out, target=target, precision=precision, calib=calib, calib_size=images)
+        except ArtifactIncomplete:  # TensorRT: the plan is written, the engine build needs TensorRT
+            assert target == "tensorrt"
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(("target", "precision"), [("onnxruntime", "int8"), ("openvino", "int8"),
+                                                    ("tensorrt", "fp16"), ("tensorrt", "int8")])
+def test_calibration_peak_does_not_grow_with_the_image_count(demo_export: Path, digits_calib: Path,
+                                                             tmp_path: Path, target: str, precision: str) -> None:
+    import nncf  # noqa: F401 - imported untraced: a first import is not calibration memory
+    import onnxruntime.quantization  # noqa: F401
+
+    image_bytes = 4 * int(np.prod([3, *Manifest.load(demo_export).preprocessing.input_size]))
+    peaks = {images: _peak_bytes(demo_export, digits_calib, tmp_path / f"{images}", target, precision, images)
+             for images in (FEW, MANY)}
+    held = (MANY - FEW) * image_bytes  # what keeping the extra images alone would add
+    growth = peaks[MANY] - peaks[FEW]
+    assert growth < 0.25 * held, (f"{target} {precision}: peak grew by {growth / 2**20:.2f} MB from {FEW} to "
+                                  f"{MANY} images (holding them: {held / 2**20:.2f} MB)")
+
+
+def test_image_array_reads_only_the_rows_asked_for(digits_calib: Path, demo_export: Path) -> None:
+    pre = Manifest.load(demo_export).preprocessing
+    image_set = open_image_set(digits_calib).subset(40)
+    eager = load_tensors(image_set, pre)
+    lazy = load_tensors(image_set, pre, lazy=True)
+    assert isinstance(lazy.x, ImageArray) and isinstance(eager.x, np.ndarray)
+    assert lazy.x.shape == eager.x.shape and len(lazy.x) == 40 and lazy.content_hash == eager.content_hash
+    np.testing.assert_array_equal(lazy.x[3], eager.x[3])
+    np.testing.assert_array_equal(lazy.x[-1], eager.x[-1])
+    np.testing.assert_array_equal(lazy.x[5:13], eager.x[5:13])
+    np.testing.assert_array_equal(lazy.x[::7], eager.x[::7])
+    np.testing.assert_array_equal(lazy.x[np.array([30, 2, 2])], eager.x[[30, 2, 2]])
+    np.testing.assert_array_equal(lazy.x[4:6, 1], eager.x[4:6, 1])
+    np.testing.assert_array_equal(np.asarray(lazy.x), eager.x)
+    view = lazy.x.take(np.array([9, 1, 33]), axis=0)  # like ndarray.take, but read when indexed
+    assert isinstance(view, ImageArray) and view.shape == (3, *eager.x.shape[1:])
+    np.testing.assert_array_equal(view[1:], eager.x[[1, 33]])
+    np.testing.assert_array_equal(view.take([2, 0])[0], eager.x[33])
+    with pytest.raises(IndexError):
+        lazy.x[40]
+    tracemalloc.start()
+    try:
+        batch = lazy.x[8:16]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert batch.nbytes <= peak < 2 * batch.nbytes + 2**16  # one batch read, not the set
+
+
+def test_without_a_cache_the_images_live_in_a_temporary_file_that_goes_with_them(digits_calib: Path,
+                                                                                 demo_export: Path) -> None:
+    import gc
+
+    pre = Manifest.load(demo_export).preprocessing
+    image_set = open_image_set(digits_calib).subset(12)
+    lazy = load_tensors(image_set, pre, use_cache=False, lazy=True).x
+    path = lazy.path
+    assert path.is_file() and path.stat().st_size == 12 * 4 * int(np.prod(lazy.shape[1:]))
+    np.testing.assert_array_equal(lazy[:], load_tensors(image_set, pre).x)
+    del lazy
+    gc.collect()
+    assert not path.exists()
