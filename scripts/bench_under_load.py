@@ -21,7 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spin-waiting reference
+from vitedge.validate.latency import bound_openmp_spin  # noqa: E402
+
+bound_openmp_spin()  # before torch loads: PyTorch's OpenMP threads do not spin-wait long after a run
 
 REPO = Path(__file__).resolve().parents[1]
 VAL = REPO / "calibration" / "digits" / "val"

@@ -26,6 +26,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vitedge.validate.latency import bound_openmp_spin  # noqa: E402
+
+bound_openmp_spin()  # before torch loads, as the vitedge command does
 
 
 def _md(rows: list[list[Any]], head: list[str]) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from vitedge.validate.bench import run_bench
+from vitedge.validate.latency import SETTLE_MS
 
 FAST = ("--max-images", "40", "--iters", "3", "--warmup", "1")
 
@@ -37,6 +38,8 @@ def test_reference_against_its_own_export_agrees_exactly(demo_export: Path, digi
     assert all("speedup_p50" in row for row in art["latency"])
     assert "speedup_p50" not in report["reference"]["latency"][0]
     assert art["runtime"]["spinning"] is False  # ORT threads must not starve the next runner
+    assert report["settings"]["settle_ms"] == SETTLE_MS  # every run after the pause, recorded
+    assert report["settings"]["openmp"]  # how PyTorch's OpenMP threads waited
     assert report["data"] == {**report["data"], "labelled": True, "samples": 40, "skipped": 0}
     assert report["status"] == "passed" and report["gates"] == []
     assert set(report["files"]) == {"json", "xml", "md", "html"}

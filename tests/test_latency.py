@@ -9,7 +9,14 @@ import time
 import numpy as np
 import pytest
 
-from vitedge.validate.latency import OutsideLoad, ratio_interval, summarize
+from vitedge.backends.base import Runner
+from vitedge.validate.latency import (
+    OPENMP_SPINCOUNT,
+    OutsideLoad,
+    measure_interleaved,
+    ratio_interval,
+    summarize,
+)
 
 
 def test_dispersion_of_a_series() -> None:
@@ -49,3 +56,51 @@ def test_outside_load_is_detected_with_a_busy_process() -> None:
     assert result["other_cpu_s"] >= 0.6  # about one core-second, minus scheduling on a shared machine
     assert result["share"] >= 0.6 / result["cores"] and result["detected"] is True
     assert 0.9 < result["wall_s"] < 3.0
+
+
+class _Stamping(Runner):
+    """A runner that records when each of its runs starts and ends (the harness's timing is under test)."""
+
+    def __init__(self, log: list[tuple[float, float]]) -> None:
+        super().__init__()
+        self.log = log
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = x * 2.0
+        self.log.append((start, time.perf_counter()))
+        return out
+
+
+def test_every_run_starts_after_the_settle_pause() -> None:
+    """Idle time before each run lets the previous runner's spin-waiting threads sleep first."""
+    log: list[tuple[float, float]] = []
+    runners = {"a": _Stamping(log), "b": _Stamping(log)}
+    samples = measure_interleaved(runners, np.ones((2, 3), np.float32), warmup=1, iters=4, settle_ms=15.0)
+    assert [len(v) for v in samples.values()] == [4, 4]
+    assert len(log) == 10
+    gaps_ms = [(log[i + 1][0] - log[i][1]) * 1e3 for i in range(len(log) - 1)]
+    assert min(gaps_ms) >= 15.0
+
+
+def _openmp_env(code: str, **env: str) -> list[str]:
+    """Run CODE in a fresh interpreter with the OpenMP variables cleared, then set from ENV."""
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, check=True,
+                         capture_output=True, text=True)
+    return out.stdout.split()
+
+
+_PROBE = ("import os\n{pre}from vitedge.validate.latency import bound_openmp_spin, openmp_setting\n"
+          "print(bound_openmp_spin(), openmp_setting())")
+
+
+def test_openmp_spin_is_bounded_not_turned_off() -> None:
+    """Before torch loads, bench bounds libgomp's spin-wait (PASSIVE made PyTorch 20-45% slower on a
+    Xeon); a user's own setting is kept; torch loaded first means its threads may spin long."""
+    assert _openmp_env(_PROBE.format(pre="")) == ["False", f"GOMP_SPINCOUNT={OPENMP_SPINCOUNT}"]
+    assert _openmp_env(_PROBE.format(pre=""), OMP_WAIT_POLICY="PASSIVE") == ["False", "OMP_WAIT_POLICY=PASSIVE"]
+    assert _openmp_env(_PROBE.format(pre=""), OMP_WAIT_POLICY="ACTIVE") == ["True", "OMP_WAIT_POLICY=ACTIVE"]
+    assert _openmp_env(_PROBE.format(pre="import torch\n")) == ["True", "libgomp", "default"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import signal
 import sys
 import threading
@@ -356,9 +355,11 @@ def _os_error_line(exc: OSError) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line and an exit code for every vitedge error."""
-    # PyTorch's OpenMP threads must not spin-wait (bench times runners back to back); OpenMP
-    # reads this once, when torch loads, so it is set before any command imports torch.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # PyTorch's OpenMP threads must not spin-wait long after a run (bench times runners back to
+    # back); OpenMP reads this once, when torch loads, so it is set before any command imports torch.
+    from vitedge.validate.latency import bound_openmp_spin
+
+    bound_openmp_spin()
     args = _strip_global_flags(list(sys.argv[1:] if argv is None else argv))
     _flags["terminated"] = False
     if not _flags["debug"]:  # library chatter (deprecations, tracer notes) is not for users

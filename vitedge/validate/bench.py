@@ -18,7 +18,6 @@ import datetime as _dt
 import importlib
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,9 +37,13 @@ from vitedge.preprocessing import Preprocessing
 from vitedge.runtime import load
 from vitedge.validate import gates as gatelib
 from vitedge.validate.latency import (
+    OPENMP_SPINCOUNT,
+    SETTLE_MS,
     SPEEDUP_KEYS,
     OutsideLoad,
+    bound_openmp_spin,
     measure_interleaved,
+    openmp_setting,
     process_rss_bytes,
     ratio_interval,
     speedups,
@@ -123,7 +126,7 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
                warmup: int, iters: int, threads: int | None, worst: int, record: bool,
                trust_source: bool) -> dict[str, Any]:
     """run_bench with its settings checked and its report dir locked."""
-    torch_spins = _passive_openmp()
+    torch_spins = bound_openmp_spin()
     threads = threads or os.cpu_count() or 1
     parsed_gates = [gatelib.parse_gate(text) for text in gates]
     manifests = {_artifact_name(Path(a), artifacts): (Path(a), Manifest.load(a)) for a in artifacts}
@@ -191,16 +194,6 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
         raise GateUnreliable(f"{len(unreliable)} of {len(results)} gate checks are unreliable (none failed); "
                              f"re-run on a quiet machine or with more --iters:\n{lines}", report)
     return report
-
-
-def _passive_openmp() -> bool:
-    """Ask PyTorch's OpenMP threads not to spin-wait after each run (they would take the CPU from
-    the runner timed next). OpenMP reads OMP_WAIT_POLICY when torch loads, so this works when bench
-    runs before torch is imported (the CLI) or under OMP_WAIT_POLICY=PASSIVE; returns whether
-    torch's threads may still spin."""
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
 
 
 def _check_settings(artifacts: Sequence[str | Path], batches: Sequence[int], device: str,
@@ -532,7 +525,8 @@ def _assemble(subjects: list[Subject], tensors: Tensors, source: str, data_class
         "status": "passed",
         "settings": {"batches": batches, "device": device, "threads": threads, "warmup": warmup,
                      "iters": iters, "max_images": max_images, "worst": worst,
-                     "order": "interleaved-rotating", "seconds": seconds},
+                     "order": "interleaved-rotating", "settle_ms": SETTLE_MS, "openmp": openmp_setting(),
+                     "seconds": seconds},
         "data": {"source": source, "samples": int(len(tensors.x)), "labelled": labels is not None,
                  "skipped": len(tensors.skipped), "content_hash": tensors.content_hash,
                  "class_names": data_classes, "num_classes": int(num_classes)},
@@ -666,9 +660,10 @@ def _notes(report: dict[str, Any], subjects: list[Subject], ref_manifest: Manife
         notes.append({"kind": "outside-load", "text": reason.replace("; re-run on a quiet machine", "") +
                       ": latency figures are inflated and speed verdicts unreliable"})
     if report["reference"]["runtime"].get("spinning") and report["settings"]["device"] == "cpu":
-        notes.append({"kind": "spinning", "text": "PyTorch's OpenMP threads may spin-wait between runs (torch "
-                      "was loaded before bench could set OMP_WAIT_POLICY=PASSIVE), taking CPU from the next "
-                      "runner; set OMP_WAIT_POLICY=PASSIVE in the environment"})
+        notes.append({"kind": "spinning", "text": "PyTorch's OpenMP threads may spin-wait for tens of ms after "
+                      f"each run (torch was loaded before bench could set GOMP_SPINCOUNT={OPENMP_SPINCOUNT}), "
+                      f"longer than the {SETTLE_MS:g} ms pause before the next runner; set "
+                      f"GOMP_SPINCOUNT={OPENMP_SPINCOUNT} in the environment"})
     budget = report["settings"]["threads"]
     other = [f"{e['name']} {e['runtime']['threads']}" for e in [report["reference"], *on_cpu]
              if isinstance(e["runtime"].get("threads"), int) and e["runtime"]["threads"] != budget]

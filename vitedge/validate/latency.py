@@ -5,6 +5,12 @@ different one each time (rotating order), so drifting clocks, thermal state and 
 neighbours hit all of them alike. Each sample is the runner's own `last_ms` (perf_counter
 on CPU, CUDA events on GPU), never a timer around our Python code.
 
+Each run starts after `SETTLE_MS` of idle time, so threads a runtime leaves spin-waiting after
+its own run (OpenVINO's TBB workers, PyTorch's OpenMP threads) have gone to sleep before the
+next runner starts; `bound_openmp_spin` keeps PyTorch's OpenMP spin-wait short instead of off
+(OMP_WAIT_POLICY=PASSIVE made the reference 20-45% slower on a 16-core Xeon and about 2x on
+the 2-core VM: see docs/bench.md).
+
 Sample i of every runner comes from the same round i, so two runners' samples are paired:
 a ratio's confidence interval is bootstrapped over rounds (`ratio_interval`), which keeps
 a burst of outside load in one round from counting for one runner only. `OutsideLoad`
@@ -30,6 +36,37 @@ DISPERSION_KEYS = ("p90_p50", "cv")
 SPEEDUP_KEYS = {"speedup_p50": "p50_ms", "speedup_p90": "p90_ms", "speedup_mean": "mean_ms"}
 
 
+# Idle time before each run (ms): longer than the spin-wait a runtime's threads keep up after a run.
+SETTLE_MS = 20.0
+# libgomp spin iterations before an idle OpenMP thread sleeps (default 300000, tens of ms):
+# long enough to stay hot between the parallel regions of one forward pass, short after it.
+OPENMP_SPINCOUNT = "10000"
+
+
+def bound_openmp_spin() -> bool:
+    """Keep PyTorch's OpenMP threads from spin-waiting long after a run (they take the CPU from the
+    runner timed next), without making them sleep between the regions of a forward pass as
+    OMP_WAIT_POLICY=PASSIVE does. libgomp reads GOMP_SPINCOUNT once, when torch loads, so this
+    works when called before torch is imported (the CLI does) or under the variable; a user's own
+    OMP_WAIT_POLICY / GOMP_SPINCOUNT is kept. Returns whether torch's threads may still spin long."""
+    import sys
+
+    if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPINCOUNT)
+    policy = os.environ.get("OMP_WAIT_POLICY", "").upper()
+    if policy == "PASSIVE":
+        return False
+    return policy == "ACTIVE" or "GOMP_SPINCOUNT" not in os.environ
+
+
+def openmp_setting() -> str:
+    """How PyTorch's OpenMP threads wait, as the environment sets it (recorded in reports)."""
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        if name in os.environ:
+            return f"{name}={os.environ[name]}"
+    return "libgomp default"
+
+
 def rotations(names: Sequence[str], count: int) -> list[list[str]]:
     """`count` run orders: iteration i starts at runner i mod n and wraps around."""
     n = len(names)
@@ -38,8 +75,9 @@ def rotations(names: Sequence[str], count: int) -> list[list[str]]:
 
 def measure_interleaved(runners: Mapping[str, Runner], x: np.ndarray, *, warmup: int, iters: int,
                         track: Callable[[list[list[str]]], Iterable[list[str]]] | None = None,
-                        ) -> dict[str, list[float]]:
-    """Per runner, `iters` latency samples (ms) for input x, after `warmup` interleaved runs each.
+                        settle_ms: float = SETTLE_MS) -> dict[str, list[float]]:
+    """Per runner, `iters` latency samples (ms) for input x, after `warmup` interleaved runs each,
+    every run preceded by SETTLE_MS of idle time.
 
     `track` wraps the list of per-iteration run orders (a progress bar).
     """
@@ -48,6 +86,8 @@ def measure_interleaved(runners: Mapping[str, Runner], x: np.ndarray, *, warmup:
     orders = rotations(names, warmup + iters)
     for i, order in enumerate(track(orders) if track is not None else orders):
         for name in order:
+            if settle_ms > 0:
+                time.sleep(settle_ms / 1e3)
             runners[name].infer(x)
             if i >= warmup:
                 samples[name].append(float(runners[name].last_ms))
