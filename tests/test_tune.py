@@ -155,6 +155,25 @@ def test_choice_is_the_fastest_candidate_that_passes_every_gate() -> None:
     assert choose([fast_but_failing]) is None
 
 
+def test_a_gate_comparing_with_an_unbuilt_candidate_cannot_pass() -> None:
+    """faster(a, b) when b was not built: a cannot pass it (said why); gates about b alone are dropped."""
+    from vitedge.tune import fail_uncheckable, split_gates
+    from vitedge.validate.gates import parse_gate
+
+    a = _benched("openvino-int8", {"1": 3.0}, passed=True)
+    b = Candidate("openvino-fp32", "openvino", "fp32", status="budget", reason="not built: the budget was spent")
+    a.status = "planned"  # built, about to be benched
+    gates = ["acc_drop<=0.01", "faster(openvino-int8, openvino-fp32)@b1", "openvino-fp32:top1_agreement>=0.99"]
+    checkable, unchecked = split_gates(gates, [parse_gate(g) for g in gates], [a, b])
+    assert checkable == ["acc_drop<=0.01"]
+    assert [u["blocks"] for u in unchecked] == [["openvino-int8"], []]
+    assert all("openvino-fp32 was not benched (budget: not built" in u["reason"] for u in unchecked)
+    a.status = "benched"
+    fail_uncheckable(unchecked, [a])
+    assert a.result["passed"] is False and choose([a]) is None
+    assert a.reason.startswith("cannot pass gate faster(openvino-int8, openvino-fp32)@b1: not checked")
+
+
 # -- per-block sensitivity --------------------------------------------------------------------
 
 def test_block_sensitivity_ranks_the_demo_blocks_by_pytorch_module(demo_export: Path, demo_val_tensors) -> None:
@@ -176,7 +195,8 @@ def tuned(demo_export: Path, digits_val: Path, digits_calib: Path, tmp_path_fact
     out = tmp_path_factory.mktemp("tune") / "out"
     common = dict(data=digits_val, calib=digits_calib, targets=["onnxruntime", "openvino"],
                   precisions=["fp32", "int8"], **SMALL)
-    first = tune(demo_export, out, budget_minutes=1e-6, knobs=False, **common)
+    first = tune(demo_export, out, budget_minutes=1e-6, knobs=False,  # the second gate names an unbuilt one
+                 gates=["acc_drop<=0.01", "openvino-int8:top1_agreement>=0.99"], **common)
     mtime = (out / "candidates" / "onnxruntime-fp32" / "model.onnx").stat().st_mtime_ns
     # size_mb<=1: the FP32 artifacts (about 1.3 MB) fail it, the INT8 ones (0.4-0.6 MB) pass
     second = tune(demo_export, out, gates=["acc_drop<=0.02", "size_mb<=1"], **common)
@@ -188,7 +208,11 @@ def test_budget_stops_with_the_best_so_far(tuned) -> None:
     status = {c["name"]: c["status"] for c in first["candidates"]}
     assert status == {"onnxruntime-fp32": "benched", "onnxruntime-int8": "budget", "openvino-fp32": "budget",
                       "openvino-int8": "budget"}
-    assert first["chosen"] == "onnxruntime-fp32" and first["gates"] == ["acc_drop<=0.01"]
+    assert first["chosen"] == "onnxruntime-fp32"
+    assert first["gates"] == ["acc_drop<=0.01", "openvino-int8:top1_agreement>=0.99"]
+    (unchecked,) = first["gates_not_checked"]  # its candidate was not built: said, not a bench refusal
+    assert unchecked["gate"] == "openvino-int8:top1_agreement>=0.99" and unchecked["blocks"] == []
+    assert unchecked["reason"].startswith("openvino-int8 was not benched (budget: not built")
 
 
 def test_a_second_run_reuses_built_candidates(tuned) -> None:

@@ -461,15 +461,20 @@ def _tune(export_dir: Path, out: Path, export: Manifest, targets: list[str], lab
         ui.warn(f"the budget is spent: benching the {len(built)} candidate(s) built so far; run again with a larger "
                 "--budget-minutes to build the rest (built candidates are reused)")
 
-    report = _bench(built, export_dir, out, data, batches, gates, threads, max_images, warmup, iters,
+    checkable, unchecked = split_gates(gates, parsed, candidates)
+    for entry in unchecked:
+        ui.warn(f"gate {entry['gate']!r} not checked: {entry['reason']}")
+    report = _bench(built, export_dir, out, data, batches, checkable, threads, max_images, warmup, iters,
                     "cuda" if any(c.target == "tensorrt" for c in built) else "cpu", trust_source)
     read_outcomes(report, built)
+    fail_uncheckable(unchecked, built)
     chosen = choose(built)
     result = {
         "schema": TUNE_SCHEMA, "schema_version": 1, "vitedge_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "export": str(export_dir.resolve()), "data": str(data), "calib": str(calib) if calib else None,
-        "batches": sorted(set(batches)), "gates": gates, "budget_minutes": budget_minutes,
+        "batches": sorted(set(batches)), "gates": gates, "gates_not_checked": unchecked,
+        "budget_minutes": budget_minutes,
         "knobs": [k for k in KNOBS if k in knobs],
         "device": asdict(device), "sensitivity": sensitivity,
         "candidates": [asdict(c) for c in candidates],
@@ -666,6 +671,39 @@ def read_outcomes(report: dict[str, Any], candidates: list[Candidate]) -> None:
         candidate.reason = ("passes every gate" if not failed and not unreliable
                             else f"fails {len(failed)} gate check(s): {failed[0]}" if failed
                             else f"{len(unreliable)} speed check(s) undecided (unreliable): {unreliable[0]}")
+
+
+def split_gates(gates: list[str], parsed: list[Any], candidates: list[Candidate],
+                ) -> tuple[list[str], list[dict[str, Any]]]:
+    """The gates bench can check, and those naming a candidate that was not built (budget spent,
+    build failed, a skipped duplicate), each with why and the built candidates it was about."""
+    from vitedge.validate.gates import REFERENCE, Operand
+
+    by_name = {c.name: c for c in candidates}
+    checkable, unchecked = [], []
+    for text, gate in zip(gates, parsed, strict=True):
+        operands = [o for o in (gate.left, gate.right) if isinstance(o, Operand) and o.subject is not None]
+        missing = [o.subject for o in operands if o.subject not in (REFERENCE, "pytorch")
+                   and (by_name.get(o.subject) is None or by_name[o.subject].status != "planned")]
+        if not missing:
+            checkable.append(text)
+            continue
+        reason = "; ".join(f"{name} was not benched ({by_name[name].status}: {by_name[name].reason})"
+                           if name in by_name else f"{name} was not benched" for name in missing)
+        about = [o.subject for o in operands if o.subject not in missing and o.subject not in (REFERENCE, "pytorch")]
+        unchecked.append({"gate": text, "reason": reason, "blocks": about})
+    return checkable, unchecked
+
+
+def fail_uncheckable(unchecked: list[dict[str, Any]], built: list[Candidate]) -> None:
+    """A built candidate whose gate compares it with one that was not built cannot pass that gate."""
+    for entry in unchecked:
+        for candidate in built:
+            if candidate.name in entry["blocks"]:
+                message = f"{entry['gate']}: not checked, {entry['reason']}"
+                candidate.result["passed"] = False
+                candidate.result.setdefault("failed_gates", []).append(message)
+                candidate.reason = f"cannot pass gate {message}"
 
 
 def score(candidate: Candidate | dict[str, Any]) -> float:
