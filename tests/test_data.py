@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import random
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +90,37 @@ def test_npz_of_preprocessed_tensors(tmp_path: Path) -> None:
         open_image_set(tmp_path / "d.npz")
     with pytest.raises(BadInput, match=r"the model takes \[3, 224, 224\]"):
         load_tensors(open_image_set(tmp_path / "b.npz"), PRE.replace(input_size=(224, 224)))
+
+
+def test_npz_is_streamed_to_disk_not_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An .npz set is copied block by block into a temporary float32 file and read like the image
+    cache (compressed members and other dtypes too); the copy goes when the array does."""
+    monkeypatch.setattr(data, "NPZ_BLOCK_BYTES", 2 * 3 * 32 * 32 * 4)  # two rows per block: several blocks
+    x = np.random.default_rng(1).standard_normal((7, 3, 32, 32))
+    np.savez_compressed(tmp_path / "c.npz", x=x, labels=np.arange(7) % 3)  # float64, deflated
+    image_set = open_image_set(tmp_path / "c.npz")
+    assert isinstance(image_set.tensors, data.ImageArray) and image_set.tensors.shape == (7, 3, 32, 32)
+    copy = image_set.tensors.path
+    assert copy.stat().st_size == 7 * 3 * 32 * 32 * 4
+    lazy = load_tensors(image_set, PRE, lazy=True)
+    assert isinstance(lazy.x, data.ImageArray)
+    np.testing.assert_array_equal(lazy.x[2:5], x[2:5].astype(np.float32))
+    assert lazy.content_hash == hashlib.sha256(x.astype(np.float32).tobytes()).hexdigest()
+    subset = image_set.subset(3, seed=0)
+    np.testing.assert_array_equal(np.asarray(load_tensors(subset, PRE).x), x.astype(np.float32)[
+        sorted(random.Random(0).sample(range(7), 3))])
+    assert list(load_tensors(subset, PRE).labels) == [subset.labels[i] for i in range(3)]
+    del image_set, lazy, subset
+    gc.collect()
+    assert not copy.exists()
+    np.save(tmp_path / "f.npy", np.asfortranarray(x))
+    with zipfile.ZipFile(tmp_path / "f.npz", "w") as archive:
+        archive.write(tmp_path / "f.npy", "x.npy")
+    with pytest.raises(BadInput, match="C-order"):
+        open_image_set(tmp_path / "f.npz")
+    np.savez(tmp_path / "g.npz", x=x[0])
+    with pytest.raises(BadInput, match="expected preprocessed NCHW tensors"):
+        open_image_set(tmp_path / "g.npz")
 
 
 def test_empty_or_missing_data_is_a_clear_error(tmp_path: Path) -> None:

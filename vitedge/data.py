@@ -16,6 +16,7 @@ import os
 import random
 import tempfile
 import weakref
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ class ImageSet:
     paths: list[Path] = field(default_factory=list)
     labels: list[int | None] = field(default_factory=list)
     class_names: list[str] | None = None
-    tensors: np.ndarray | None = None  # .npz input: already preprocessed
+    tensors: np.ndarray | ImageArray | None = None  # .npz input: already preprocessed, read from disk
 
     def __len__(self) -> int:
         return len(self.tensors) if self.tensors is not None else len(self.paths)
@@ -58,7 +59,7 @@ class ImageSet:
         idx = sorted(random.Random(seed).sample(range(len(self)), size))
         if self.tensors is not None:
             return ImageSet(self.source, [], [self.labels[i] for i in idx] if self.labels else [],
-                            self.class_names, self.tensors[idx])
+                            self.class_names, self.tensors.take(idx, axis=0))
         return ImageSet(self.source, [self.paths[i] for i in idx],
                         [self.labels[i] for i in idx] if self.labels else [], self.class_names)
 
@@ -119,20 +120,57 @@ def _from_list(list_file: Path, model_labels: list[str] | None) -> ImageSet:
 
 
 def _from_npz(npz: Path) -> ImageSet:
+    """The tensors of an .npz (`pixel_values`, `x`, `images` or `arr_0`; optional `labels`), copied
+    row block by row block into a temporary raw float32 file read like the image cache: a
+    500-image ViT-B/384 set is never held whole (885 MB as float32)."""
     try:
-        with np.load(npz) as data:
-            key = next((k for k in (INPUT_NAME, "x", "images", "arr_0") if k in data), None)
+        with zipfile.ZipFile(npz) as archive:
+            members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+            key = next((k for k in (INPUT_NAME, "x", "images", "arr_0") if k in members), None)
             if key is None:
-                raise BadInput(f"{npz} has no array named {INPUT_NAME}, x or images ({list(data)})")
-            tensors = np.asarray(data[key], dtype=np.float32)
-            labels = [int(v) for v in data["labels"]] if "labels" in data else [None] * len(tensors)
-    except (OSError, ValueError) as exc:
+                raise BadInput(f"{npz} has no array named {INPUT_NAME}, x or images ({list(members)})")
+            tensors = _npy_to_rows(archive, members[key], npz)
+            if "labels" in members:
+                with archive.open(members["labels"]) as stream:
+                    labels: list[int | None] = [int(v) for v in np.lib.format.read_array(stream)]
+            else:
+                labels = [None] * len(tensors)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise BadInput(f"cannot read {npz}: {exc}") from exc
     if len(labels) != len(tensors):
         raise BadInput(f"{npz}: {len(labels)} labels for {len(tensors)} tensors")
-    if tensors.ndim != 4:
-        raise BadInput(f"{npz}: expected preprocessed NCHW tensors, got shape {list(tensors.shape)}")
     return ImageSet(str(npz), [], labels, None, tensors)
+
+
+NPZ_BLOCK_BYTES = 64 * 2**20  # rows copied at a time from an .npz member
+
+
+def _npy_to_rows(archive: zipfile.ZipFile, member: str, npz: Path) -> ImageArray:
+    """An NCHW array member of ARCHIVE as an `ImageArray` over a temporary float32 file, streamed."""
+    fmt = np.lib.format
+    with archive.open(member) as stream:
+        version = fmt.read_magic(stream)
+        read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f"unsupported .npy format version {version} for {member}")
+        shape, fortran_order, dtype = read_header(stream)
+        if len(shape) != 4:
+            raise BadInput(f"{npz}: expected preprocessed NCHW tensors, got shape {list(shape)}")
+        if fortran_order or dtype.hasobject or dtype.kind not in "fiu":
+            raise BadInput(f"{npz}: {member} must be a C-order numeric array (got "
+                           f"{'Fortran order' if fortran_order else dtype}); save it with np.savez")
+        row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        block = max(1, NPZ_BLOCK_BYTES // max(1, row_bytes))
+        fd, name = tempfile.mkstemp(prefix="vitedge-npz-", suffix=".f32")
+        rows = ImageArray(name, shape, owned=True)  # the file goes when the array does
+        with os.fdopen(fd, "wb") as out:
+            for start in range(0, shape[0], block):
+                count = min(block, shape[0] - start)
+                data = stream.read(count * row_bytes)
+                if len(data) != count * row_bytes:
+                    raise ValueError(f"{member} is truncated")
+                out.write(np.frombuffer(data, dtype).astype(np.float32, copy=False).tobytes())
+    return rows
 
 
 def cache_dir() -> Path:
@@ -257,7 +295,8 @@ def load_tensors(image_set: ImageSet, pre: Preprocessing, *, use_cache: bool = T
 
     Images are written to the cache one at a time, never held together while decoding. LAZY:
     `x` is an `ImageArray` over the cache file, read batch by batch (calibration: memory does
-    not grow with the image count); otherwise x is read into memory. An .npz set is in memory.
+    not grow with the image count); otherwise x is read into memory. An .npz set is read the
+    same way from its temporary copy.
     """
     h, w = pre.input_size
     if image_set.tensors is not None:
@@ -266,8 +305,12 @@ def load_tensors(image_set: ImageSet, pre: Preprocessing, *, use_cache: bool = T
             raise BadInput(f"{image_set.source}: tensors have shape {list(x.shape[1:])}, "
                            f"the model takes [3, {h}, {w}]")
         labels = np.asarray(image_set.labels) if image_set.labelled else None
-        digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
-        return Tensors(x, labels, [f"#{i}" for i in range(len(x))], [], digest)
+        digest = hashlib.sha256()
+        for start in range(0, len(x), 64):  # block by block: the same digest as the whole array's bytes
+            digest.update(np.ascontiguousarray(x[start:start + 64], dtype=np.float32).tobytes())
+        whole = isinstance(x, np.ndarray) or not lazy
+        return Tensors(np.asarray(x) if whole else x, labels, [f"#{i}" for i in range(len(x))], [],
+                       digest.hexdigest())
     key = _cache_key(image_set, pre)
     rows_file, index_file = cache_dir() / "tensors" / f"{key}.f32", cache_dir() / "tensors" / f"{key}.json"
     keep = _cached_keep(rows_file, index_file, (3, h, w)) if use_cache else None
