@@ -1,12 +1,19 @@
 """Why PyTorch's b8 latency moves between runs on a many-core host, and where OpenVINO INT8's time goes.
 
-    python scripts/xeon_probe.py --work /tmp/vits --threads 4
+    python scripts/xeon_probe.py --work /tmp/vits --threads 4 [--batch 8] [--parts alone,interleaved,counters]
+    python scripts/xeon_probe.py --work /tmp/vits --parts settle --settle 0,20 --policies default,PASSIVE
+    python scripts/xeon_probe.py --work /tmp/vits --parts policy --reps 3
 
-1. PyTorch FP32 alone in fresh processes (4 threads, b8): unpinned vs pinned to 4 cores, OpenMP
-   spin-waiting vs passive, to see how much of the spread is the host and how much the setup;
-2. PyTorch and vitedge's OpenVINO INT8 interleaved in one process, unpinned and pinned;
-3. OpenVINO per-layer counters of the INT8 artifact at b8 (time per layer type / kernel);
-A script, not a test: the numbers are this host's.
+Parts (timm ViT-S/16 with a seeded random init, or --model; vitedge's OpenVINO INT8 of it):
+- alone: PyTorch FP32 alone in fresh processes, unpinned vs pinned to the first --threads cores,
+  OpenMP spin-waiting vs passive: how much of the spread is the host and how much the setup;
+- interleaved: PyTorch and OpenVINO INT8 interleaved in one process, unpinned and pinned;
+- settle: per OpenMP policy (default | PASSIVE | NAME=VALUE), each runner alone and both
+  interleaved with --settle ms of idle time before every run (what `vitedge bench` now does);
+- policy: PyTorch alone per policy, policies alternated over --reps fresh processes;
+- counters: OpenVINO per-layer counters of the INT8 artifact at b8 and b1 (time per layer
+  type and kernel).
+A script, not a test: the numbers are this host's (docs/bench.md quotes them).
 """
 
 from __future__ import annotations
