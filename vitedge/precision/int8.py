@@ -452,11 +452,10 @@ def plan_int8(export_onnx: str | Path, calibration: np.ndarray, *, method: str =
         emulate_fp16,
         name_nodes,
         plan_fp16,
-        row_floors,
     )
     from vitedge.precision.profile import graph_profile, run_logits
     from vitedge.precision.smoothquant import migrated
-    from vitedge.precision.stats import activation_ranges
+    from vitedge.precision.stats import ranges_and_floors
 
     if plan not in PLANS:
         raise BadInput(f"--plan takes {' or '.join(PLANS)}, got {plan!r}")
@@ -471,8 +470,7 @@ def plan_int8(export_onnx: str | Path, calibration: np.ndarray, *, method: str =
     name_nodes(quantized)
     attention = activation_matmuls(quantized)
     with ui.Step("calibration statistics for the FP16 part"):
-        ranges = activation_ranges(quantized, calibration)
-        floors = row_floors(quantized, calibration.take(np.arange(min(FLOOR_SAMPLES, len(calibration))), axis=0))
+        ranges, floors = ranges_and_floors(quantized, calibration, FLOOR_SAMPLES)
     with_residuals, residual_adds_changed = quantize_residuals(quantized, ranges, exclude=keep)
     gate = calibration.take(np.arange(min(GATE_SAMPLES, len(calibration))), axis=0)  # read batch by batch
     gate_labels = labels[:GATE_SAMPLES] if labels is not None else None

@@ -52,11 +52,17 @@ class TensorStats:
     channel_absmax: np.ndarray | None = None  # over the last axis, when tracked
     histogram: np.ndarray | None = None  # counts of |x| over [0, hist_edge], when tracked
     hist_edge: float = 0.0
+    row_floor: float = float("inf")  # smallest non-zero row peak (max |x| along the last axis), when tracked
     count: int = 0
 
-    def update(self, value: np.ndarray, channels: bool = False, histogram: bool = False) -> None:
+    def update(self, value: np.ndarray, channels: bool = False, histogram: bool = False, floor: bool = False) -> None:
         if value.size == 0:
             return
+        if floor and value.ndim:
+            peaks = np.max(np.abs(value.reshape(-1, value.shape[-1])), axis=1)
+            peaks = peaks[(peaks > 0) & np.isfinite(peaks)]
+            if peaks.size:
+                self.row_floor = min(self.row_floor, float(peaks.min()))
         lo, hi = float(np.min(value)), float(np.max(value))
         if np.isnan(lo) or np.isnan(hi):  # NaN already in FP32: as unsafe as an overflow
             lo, hi = float("-inf"), float("inf")
@@ -161,39 +167,87 @@ class CalibrationStats:
     def maxima(self) -> dict[str, float]:
         return {name: s.absmax for name, s in self.tensors.items() if s.count}
 
+    def floors(self) -> dict[str, float]:
+        """The smallest non-zero row peak of each tensor whose rows were tracked."""
+        return {name: s.row_floor for name, s in self.tensors.items() if np.isfinite(s.row_floor)}
 
-def _watchable(model: onnx.ModelProto, names: Iterable[str] | None) -> list[str]:
-    types = float_tensor_types(model)
+
+def _float_outputs(model: onnx.ModelProto) -> tuple[list[str], dict[str, int | None]]:
+    """Float32 node outputs (graph outputs aside) and the bytes of each for one image (None when
+    shape inference leaves a dimension unknown; a symbolic batch dimension counts as 1)."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    sizes: dict[str, int | None] = {}
+    for vi in (*inferred.graph.value_info, *inferred.graph.output):
+        tensor = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or tensor.elem_type != onnx.TensorProto.FLOAT:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else (1 if d.HasField("dim_param") else None)
+                for d in tensor.shape.dim] if tensor.HasField("shape") else [None]
+        sizes[vi.name] = None if None in dims else 4 * int(np.prod(dims))
     existing = {o.name for o in model.graph.output}
-    outputs = [out for node in model.graph.node for out in node.output
-               if out and types.get(out) == onnx.TensorProto.FLOAT and out not in existing]
-    if names is not None:
-        wanted = set(names)
-        outputs = [o for o in outputs if o in wanted]
-    return outputs
+    outputs = [out for node in model.graph.node for out in node.output if out in sizes and out not in existing]
+    return outputs, sizes
+
+
+def _dequantized_constants(model: onnx.ModelProto, names: set[str]) -> dict[str, onnx.NodeProto]:
+    """DequantizeLinear nodes among NAMES' producers whose inputs are all initializers (INT8 weights):
+    their values do not depend on the input, so they are computed once here instead of each run
+    (ViT-B/16: 0.35 GB of float weights per run)."""
+    inits = {i.name for i in model.graph.initializer}
+    return {n.output[0]: n for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.output[0] in names and all(i in inits for i in n.input if i)
+            and not any(a.name == "block_size" and a.i for a in n.attribute)}
+
+
+def _dequantize(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray:
+    """DequantizeLinear of constants, as ONNX defines it: (x - zero_point) * scale, per axis when the scale is 1-D."""
+    from onnx import numpy_helper
+
+    x, scale = (numpy_helper.to_array(inits[name]) for name in node.input[:2])
+    has_zero = len(node.input) > 2 and node.input[2]
+    zero = numpy_helper.to_array(inits[node.input[2]]) if has_zero else np.zeros((), x.dtype)
+    if scale.ndim == 1 and x.ndim > 1:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % x.ndim
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.ndim else zero
+    return ((x.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)).astype(np.float32)
 
 
 def collect_stats(model: onnx.ModelProto, inputs: np.ndarray, *, tensors: Iterable[str] | None = None,
-                  channels: Iterable[str] = (), histograms: Iterable[str] = (), batch_size: int = 8,
-                  memory_budget: int = DEFAULT_MEMORY_BUDGET, threads: int | None = None,
+                  channels: Iterable[str] = (), histograms: Iterable[str] = (), floor_images: int = 0,
+                  batch_size: int = 8, memory_budget: int = DEFAULT_MEMORY_BUDGET, threads: int | None = None,
                   description: str = "calibration statistics") -> CalibrationStats:
     """Stream INPUTS (NCHW float32) through MODEL and keep running statistics per float tensor.
 
     TENSORS limits which intermediates are watched (default: every float32 node output, plus
     the graph input and outputs); CHANNELS / HISTOGRAMS name those that also keep per-channel
-    max|x| / a histogram of |x|. Progress shows the batch count.
+    max|x| / a histogram of |x|; the node outputs' row floors (`TensorStats.row_floor`) are
+    taken over the first FLOOR_IMAGES images. Progress shows the batch count.
     """
     channels, histograms = set(channels), set(histograms)
-    watched = _watchable(model, tensors)
+    outputs, sizes = _float_outputs(model)
+    if tensors is not None:
+        wanted = set(tensors)
+        outputs = [o for o in outputs if o in wanted]
+    static = _dequantized_constants(model, set(outputs))
+    watched = [o for o in outputs if o not in static]
     input_name = next(i.name for i in model.graph.input
                       if i.name not in {init.name for init in model.graph.initializer})
     graph_outputs = [o.name for o in model.graph.output]
+    floor_images = min(floor_images, len(inputs))
     result = CalibrationStats()
 
-    def update(name: str, value: np.ndarray) -> None:
+    def update(name: str, value: np.ndarray, floor: bool) -> None:
         if value.dtype != np.float32:
             return
-        result.tensors.setdefault(name, TensorStats()).update(value, name in channels, name in histograms)
+        result.tensors.setdefault(name, TensorStats()).update(value, name in channels, name in histograms,
+                                                              floor and name != input_name)
+
+    if static:
+        inits = {i.name: i for i in model.graph.initializer}
+        for name, node in static.items():
+            update(name, _dequantize(node, inits), floor_images > 0)
 
     with tempfile.TemporaryDirectory(prefix="vitedge-stats-") as tmp:
         def open_probe(names: list[str], index: int) -> tuple[object, list[str]]:
@@ -211,38 +265,44 @@ def collect_stats(model: onnx.ModelProto, inputs: np.ndarray, *, tensors: Iterab
             path.unlink()  # the session holds what it needs; the disk copy goes now
             return sess, [o.name for o in sess.get_outputs()]
 
-        # one image through everything: the bytes each watched tensor takes per image
-        sess, names = open_probe(watched, 0)
+        # bytes per image from shape inference; the few tensors it leaves unknown are measured on one
+        # image, a handful at a time (all at once, ViT-B/384's probe alone held 2.5 GB)
+        per_image = {n: sizes[n] for n in watched if sizes.get(n) is not None}
+        unknown = [n for n in watched if n not in per_image]
         first = np.ascontiguousarray(inputs[:1], dtype=np.float32)
-        per_image = {n: v.nbytes for n, v in zip(names, sess.run(names, {input_name: first}), strict=True)}
-        del sess
+        for start in range(0, len(unknown), 16):
+            sess, names = open_probe(unknown[start:start + 16], 0)
+            per_image.update((n, v.nbytes) for n, v in zip(names, sess.run(names, {input_name: first}), strict=True))
+            del sess
         groups = _groups(watched, per_image, memory_budget)
         # the run's own intermediates count too (an upper bound: every float intermediate of one
         # image; ViT-B/16-384 ~1.3 GB): batch 8 over the LayerNorm outputs alone held 2.8 GB
-        total = sum(per_image.values()) + intermediate_bytes_per_image(model)
+        total = sum(per_image[n] for n in watched) + sum(v for v in sizes.values() if v is not None)
         batch = max(1, min(batch_size, memory_budget // max(1, total))) if len(groups) == 1 else 1
         result.batch_size, result.passes = batch, len(groups)
-        n_batches = -(-len(inputs) // batch)
-        steps = iter(ui.track(range(n_batches * len(groups)),
-                              f"{description} ({n_batches} batches of {batch}"
+        # batches never straddle the row-floor images
+        starts = [*range(0, floor_images, batch), *range(floor_images, len(inputs), batch)]
+        ends = starts[1:] + [len(inputs)]
+        steps = iter(ui.track(range(len(starts) * len(groups)),
+                              f"{description} ({len(starts)} batches of {batch}"
                               + (f", {len(groups)} passes)" if len(groups) > 1 else ")")))
         for index, group in enumerate(groups, start=1):
             sess, names = open_probe(group, index)
             keep = set(group) | (set(graph_outputs) if index == 1 else set())
-            for start in range(0, len(inputs), batch):
-                x = np.ascontiguousarray(inputs[start:start + batch], dtype=np.float32)
+            for start, end in zip(starts, ends, strict=True):
+                x = np.ascontiguousarray(inputs[start:end], dtype=np.float32)
                 values = sess.run(names, {input_name: x})
                 if index == 1:
-                    update(input_name, x)
+                    update(input_name, x, False)
                 for name, value in zip(names, values, strict=True):
                     if name in keep:
-                        update(name, value)
+                        update(name, value, start < floor_images)
                 del values
                 next(steps, None)
             del sess
         for _ in steps:  # close the progress bar
             pass
-        result.batches = n_batches
+        result.batches = len(starts)
     return result
 
 
@@ -267,14 +327,15 @@ def activation_ranges(model: onnx.ModelProto, inputs: np.ndarray, batch_size: in
                          memory_budget=memory_budget).maxima()
 
 
+def ranges_and_floors(model: onnx.ModelProto, inputs: np.ndarray, floor_images: int,
+                      memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[dict[str, float], dict[str, float]]:
+    """`activation_ranges` over INPUTS and the row floors (`fp16.row_floors`) over its first
+    FLOOR_IMAGES, from one streamed pass set (not two)."""
+    stats = collect_stats(model, inputs, floor_images=floor_images, memory_budget=memory_budget)
+    return stats.maxima(), stats.floors()
+
+
 def intermediate_bytes_per_image(model: onnx.ModelProto) -> int:
-    """Bytes of every float32 intermediate for one image, from shape inference (batch dim = 1)."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    total = 0
-    for vi in inferred.graph.value_info:
-        tensor = vi.type.tensor_type
-        if tensor.elem_type != onnx.TensorProto.FLOAT or not tensor.HasField("shape"):
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
-        total += 4 * int(np.prod(dims)) if dims else 4
-    return total
+    """Bytes of every float32 intermediate for one image, from shape inference (batch dim = 1;
+    a tensor of unknown shape counts as nothing)."""
+    return sum(v for v in _float_outputs(model)[1].values() if v is not None)
