@@ -20,6 +20,7 @@ measure() {  # label, N, command...
   printf "| %s | %s | %.2f GB | %s | %s |\n" "$label" "$n" "$(echo "$rss_kb / 1048576" | bc -l)" "$wall" \
     "$(uptime | sed 's/.*load average: //')"
 }
+echo "vitedge $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo), load average before: $(uptime | sed 's/.*load average: //')"
 echo "| step | calibration images | peak RSS | wall | load average (1, 5, 15 min) after |"
 echo "|---|---|---|---|---|"
 [ -d "$WORK/export" ] || measure export - python -m vitedge --quiet export timm:vit_base_patch16_384 --random-init 0 \
