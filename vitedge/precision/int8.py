@@ -16,6 +16,7 @@ where the measured drift allows), and records both plans' structure and drift.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import re
 import tempfile
@@ -28,7 +29,7 @@ import numpy as np
 import onnx
 
 from vitedge import ui
-from vitedge.errors import BadInput, CompileFailed
+from vitedge.errors import BadInput, CompileFailed, EnvironmentProblem
 from vitedge.onnx_utils import LAYOUT_OPS, NAME_SCOPES_KEY, QDQ_OPS, module_name
 
 QUANT_OP_TYPES = ("Conv", "MatMul", "Gemm")
@@ -258,6 +259,9 @@ def quantize_qdq(onnx_in: str | Path, onnx_out: str | Path, tensors: np.ndarray,
         raise BadInput(f"unknown calibration method {method!r}; choose one of {', '.join(CALIB_METHODS)}")
     if len(tensors) == 0:
         raise BadInput("no calibration tensors")
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise EnvironmentProblem("INT8 needs onnxruntime >= 1.27 (quantize_static with a calibration cache): "
+                                 "pip install -U onnxruntime")
     source = onnx.load(str(onnx_in), load_external_data=False)
     large = any(i.data_location == onnx.TensorProto.EXTERNAL for i in source.graph.initializer)
     scopes = module_scopes(source)
