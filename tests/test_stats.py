@@ -7,7 +7,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from vitedge.precision.stats import HISTOGRAM_BINS, TensorStats, collect_stats, entropy_threshold
+from vitedge.precision.stats import (
+    HISTOGRAM_BINS,
+    TensorStats,
+    _dequantized_constants,
+    collect_stats,
+    entropy_threshold,
+)
 
 
 def _graph() -> onnx.ModelProto:
@@ -107,3 +113,28 @@ def test_entropy_threshold_agrees_with_onnx_runtimes_calibrator_at_the_same_reso
         for batch in x:  # batch by batch: the fixed-size histogram merges them
             ours.update(batch, histogram=True)
         assert ours.entropy_threshold() == pytest.approx(max(-float(lo), float(hi)), rel=0.05)
+
+
+def test_int8_weights_dequantized_from_the_constants_equal_what_onnx_runtime_computes() -> None:
+    """A DequantizeLinear of constants (an INT8 weight) is computed once with numpy, not output by
+    every run: its statistics must equal the values ONNX Runtime produces."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(2)
+    q = numpy_helper.from_array(rng.integers(-127, 128, size=(4, 3)).astype(np.int8), "wq")
+    scale = numpy_helper.from_array(np.array([0.02, 0.5, 0.003], np.float32), "ws")
+    zero = numpy_helper.from_array(np.zeros(3, np.int8), "wz")
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], name="dq", axis=1),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], [q, scale, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    assert list(_dequantized_constants(model, {"w", "y"})) == ["w"]  # computed, not watched in the runs
+    stats = collect_stats(model, x, channels=["w"], floor_images=6).tensors["w"]
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    probe.graph.output.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, None))
+    w = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(["w"], {"x": x})[0]
+    assert (stats.min, stats.max, stats.absmax) == (w.min(), w.max(), np.abs(w).max())
+    np.testing.assert_array_equal(stats.channel_absmax, np.abs(w).max(axis=0))
+    assert stats.row_floor == np.abs(w).max(axis=1).min()
