@@ -138,3 +138,19 @@ def test_int8_weights_dequantized_from_the_constants_equal_what_onnx_runtime_com
     assert (stats.min, stats.max, stats.absmax) == (w.min(), w.max(), np.abs(w).max())
     np.testing.assert_array_equal(stats.channel_absmax, np.abs(w).max(axis=0))
     assert stats.row_floor == np.abs(w).max(axis=1).min()
+
+
+def test_entropy_ranges_clip_outliers_but_not_the_bulk() -> None:
+    """TensorRT's KL search alone clips near-uniform attention probabilities (random-init BEiT-v2:
+    all in [0.053, 0.065]) to their minimum; vitedge's entropy range clips at most 0.01% of the values."""
+    rng = np.random.default_rng(3)
+    uniform = TensorStats()
+    probs = rng.uniform(0.053, 0.065, size=(8, 4096)).astype(np.float32)
+    for batch in probs:
+        uniform.update(batch, histogram=True)
+    assert entropy_threshold(uniform.histogram, uniform.hist_edge) < 0.055  # the plain search clips the bulk
+    assert uniform.entropy_threshold() >= np.quantile(probs, 0.9999) * 0.999
+    outliers = TensorStats()
+    outliers.update(np.concatenate([rng.normal(size=50_000), [30.0, -35.0, 40.0, 45.0]]).astype(np.float32),
+                    histogram=True)
+    assert outliers.entropy_threshold() < outliers.absmax / 4  # 4 outliers in 50 000: still clipped
