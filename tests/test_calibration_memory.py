@@ -5,6 +5,8 @@ FP16 and INT8 plans) under tracemalloc, which sees every numpy array (calibratio
 ONNX Runtime's outputs, statistics). The peak with many images must stay within a small
 fraction of what holding the extra images would take: the images are read batch by batch
 from the cache file and only running statistics are kept. A peak, not a time: no flakes.
+The INT8 ranges are vitedge's streamed statistics handed to ONNX Runtime's quantizer; with
+minmax the graph must be the one ORT's own (memory-hungry) calibrator gives.
 """
 
 from __future__ import annotations
