@@ -5,6 +5,8 @@ FP16 and INT8 plans) under tracemalloc, which sees every numpy array (calibratio
 ONNX Runtime's outputs, statistics). The peak with many images must stay within a small
 fraction of what holding the extra images would take: the images are read batch by batch
 from the cache file and only running statistics are kept. A peak, not a time: no flakes.
+The INT8 ranges are vitedge's streamed statistics handed to ONNX Runtime's quantizer; with
+minmax the graph must be the one ORT's own (memory-hungry) calibrator gives.
 """
 
 from __future__ import annotations
@@ -94,3 +96,63 @@ def test_without_a_cache_the_images_live_in_a_temporary_file_that_goes_with_them
     del lazy
     gc.collect()
     assert not path.exists()
+
+
+def _ort_own_calibration(src: Path, dst: Path, x: np.ndarray, skip_attention: bool, exclude: list[str]) -> None:
+    """ORT `quantize_static` with its own MinMax calibrator and vitedge's quantizer settings."""
+    import contextlib
+    import io
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from vitedge.precision.int8 import QUANT_OP_TYPES, activation_matmuls
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        prepared = onnx.load(str(pre))
+        skip = exclude + (activation_matmuls(prepared) if skip_attention else [])
+        feed = prepared.graph.input[0].name
+        batches = iter([{feed: x[i:i + 8]} for i in range(0, len(x), 8)])
+
+        class Reader:
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(batches, None)
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            op_types_to_quantize=list(QUANT_OP_TYPES), activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=skip,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                                           "OpTypesToExcludeOutputQuantization": list(QUANT_OP_TYPES)})
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_streamed_minmax_ranges_give_the_graph_onnx_runtimes_own_calibrator_gives(
+        demo_export: Path, digits_calib: Path, tmp_path: Path, attention: bool) -> None:
+    """vitedge computes the ranges itself (streamed, only the tensors the quantizer reads) and hands
+    them to ORT's quantizer: with minmax the INT8 graph is the one ORT's calibrator makes, bit for bit."""
+    import onnx
+    from onnx import numpy_helper
+
+    from vitedge.precision.int8 import quantize_qdq
+
+    source = demo_export / "model.onnx"
+    x = np.asarray(load_tensors(open_image_set(digits_calib).subset(40),
+                                Manifest.load(demo_export).preprocessing).x)
+    first_fc = next(n.name for n in onnx.load(str(source)).graph.node if n.op_type == "MatMul")
+    ours, theirs = tmp_path / "ours.onnx", tmp_path / "theirs.onnx"
+    plan = quantize_qdq(source, ours, x, batch_size=3, exclude_nodes=[first_fc], quantize_attention_matmuls=attention)
+    assert sum(e["dtype"] == "int8" for e in plan) > 10
+    _ort_own_calibration(source, theirs, x, skip_attention=not attention, exclude=[first_fc])
+    a, b = onnx.load(str(ours)), onnx.load(str(theirs))
+    assert [(n.op_type, list(n.input), list(n.output)) for n in a.graph.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in b.graph.node]
+    theirs_init = {i.name: numpy_helper.to_array(i) for i in b.graph.initializer}
+    for init in a.graph.initializer:
+        np.testing.assert_array_equal(numpy_helper.to_array(init), theirs_init.pop(init.name), err_msg=init.name)
+    assert not theirs_init

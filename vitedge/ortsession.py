@@ -46,10 +46,33 @@ def session(model_path: Path | str, threads: int | None = None,
     return ort.InferenceSession(str(model_path), opts, providers=providers or ["CPUExecutionProvider"])
 
 
-def run_graph(model: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Logits of an in-memory ONNX graph on CPU (no ORT graph optimisation), FP32 out."""
+RUN_MEMORY_BUDGET = 512 * 2**20  # bytes of one image's intermediates times the batch, at most
+
+
+def intermediate_bytes(model: Any) -> int:
+    """Bytes of every float32/float16 intermediate of MODEL for one image (shape inference; a
+    symbolic batch dimension counts as 1, a tensor of unknown shape as nothing): an upper bound
+    of what one image's run holds."""
     import onnx
 
+    size = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2}
+    total = 0
+    for vi in onnx.shape_inference.infer_shapes(model, strict_mode=False).graph.value_info:
+        tensor = vi.type.tensor_type
+        if tensor.elem_type in size and tensor.HasField("shape") and \
+                all(d.HasField("dim_value") or d.HasField("dim_param") for d in tensor.shape.dim):
+            total += size[tensor.elem_type] * int(np.prod([d.dim_value or 1 for d in tensor.shape.dim]))
+    return total
+
+
+def run_graph(model: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Logits of an in-memory ONNX graph on CPU (no ORT graph optimisation), FP32 out.
+
+    The batch is lowered so its intermediates fit RUN_MEMORY_BUDGET (ViT-B/16-384: 1; at 32
+    that run alone held ~3 GB)."""
+    import onnx
+
+    batch_size = max(1, min(batch_size, RUN_MEMORY_BUDGET // max(1, intermediate_bytes(model))))
     with tempfile.TemporaryDirectory(prefix="vitedge-run-") as tmp:
         path = Path(tmp) / "graph.onnx"
         onnx.save(model, str(path))

@@ -114,14 +114,12 @@ class OnnxRuntimeBackend(Backend):
             excluded = scope.select(onnx.load(str(source), load_external_data=False)) if scope else []
             quantize_attention = opts.quantize_attention
             from vitedge.precision.smoothquant import migrated
-            from vitedge.precision.stats import calibration_batch_size
 
             with migrated(source, request.calibration.x, alpha=opts.smoothquant_alpha) as (
                     smoothed, smoothquant):  # outliers -> weights
                 plan = quantize_qdq(smoothed, target, request.calibration.x,
                                     method=request.calib_method or self.default_calib_method,
-                                    exclude_nodes=excluded, quantize_attention_matmuls=quantize_attention,
-                                    batch_size=calibration_batch_size(smoothed))  # bounded memory
+                                    exclude_nodes=excluded, quantize_attention_matmuls=quantize_attention)
             details = {"format": "QDQ", "activations": "int8 symmetric per-tensor", "smoothquant": smoothquant,
                        "weights": "int8 symmetric per-channel", "bias": "float",
                        "quantized_op_types": list(QUANT_OP_TYPES),

@@ -16,11 +16,9 @@ can fuse them into INT8 kernels.
 
 from __future__ import annotations
 
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,12 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from vitedge.onnx_utils import LAYOUT_OPS, QDQ_OPS, default_opset, module_name
-from vitedge.precision.stats import (
-    DEFAULT_MEMORY_BUDGET,
-    activation_ranges,
-    float_tensor_types,
-    intermediate_bytes_per_image,
-)
+from vitedge.precision.stats import activation_ranges, collect_stats, float_tensor_types, ranges_and_floors
 
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 2.0 ** -14
@@ -109,37 +102,11 @@ def row_floors(model: onnx.ModelProto, inputs: np.ndarray, batch_size: int = 8) 
 
     A row is a vector along the last axis (a token's features, an attention row); its peak is
     its max |x|. A row of zeros is exact in FP16 and ignored. A tensor whose floor is below
-    2^-14 holds at least one row that FP16 stores as subnormals only.
+    2^-14 holds at least one row that FP16 stores as subnormals only. Streamed with the
+    statistics' memory bound (`stats.collect_stats`).
     """
-    from vitedge.ortsession import session
-
-    types = float_tensor_types(model)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for node in probe.graph.node:
-        for out in node.output:
-            if out and types.get(out) == FLOAT and out not in existing:
-                probe.graph.output.append(helper.make_tensor_value_info(out, FLOAT, None))
-    feed = next(i.name for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer})
-    # every intermediate is an output here: the batch is capped like the statistics runs' (ViT-B/384: 1)
-    batch_size = max(1, min(batch_size, DEFAULT_MEMORY_BUDGET // max(1, intermediate_bytes_per_image(model))))
-    floors: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="vitedge-floors-") as tmp:
-        path = Path(tmp) / "probe.onnx"
-        onnx.save(probe, str(path))
-        sess = session(path, optimize=False)
-        names = [o.name for o in sess.get_outputs()]
-        for start in range(0, len(inputs), batch_size):
-            batch = np.ascontiguousarray(inputs[start:start + batch_size], dtype=np.float32)
-            for name, value in zip(names, sess.run(names, {feed: batch}), strict=True):
-                if value.dtype != np.float32 or value.ndim == 0 or value.size == 0:
-                    continue
-                peaks = np.abs(value).reshape(-1, value.shape[-1]).max(axis=1)
-                peaks = peaks[(peaks > 0) & np.isfinite(peaks)]
-                if peaks.size:
-                    floors[name] = min(floors.get(name, float("inf")), float(peaks.min()))
-    return floors
+    return collect_stats(model, inputs, floor_images=len(inputs), batch_size=batch_size,
+                         description="row floors").floors()
 
 
 def _tiny_constant(init: onnx.TensorProto) -> float | None:
@@ -526,6 +493,8 @@ def plan_fp16(model: onnx.ModelProto, calibration: np.ndarray | None, *, margin:
     named.CopyFrom(model)
     name_nodes(named)
     has_data = calibration is not None and len(calibration) > 0
+    if has_data and ranges is None and floors is None:
+        ranges, floors = ranges_and_floors(named, calibration, FLOOR_SAMPLES)
     if ranges is None:
         ranges = activation_ranges(named, calibration) if has_data else {}
     if floors is None:

@@ -54,29 +54,46 @@ def node_precision(node: onnx.NodeProto, types: dict[str, int], producers: dict[
 
 
 def tensor_bytes(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """Bytes of every activation tensor for one input of INPUT_SHAPE (batch 1), from a real ORT run."""
+    """Bytes of every activation tensor for one input of INPUT_SHAPE (batch 1): from shape
+    inference where it knows every dimension, from a real ORT run, a few tensors at a time,
+    for the others (all at once, ViT-B/16-384's run held ~1.5 GB of outputs)."""
     from vitedge.ortsession import session
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
     folded = _constant_derived(model)
-    for node in probe.graph.node:
-        for out in node.output:
-            if out and out not in existing and out not in folded:
-                probe.graph.output.append(onnx.ValueInfoProto(name=out))
     feed = next(i for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer})
     dtype = np.float16 if feed.type.tensor_type.elem_type == TensorProto.FLOAT16 else np.float32
+    sizes = {feed.name: int(np.prod(input_shape)) * np.dtype(dtype).itemsize}
+    batch = {d.dim_param for d in feed.type.tensor_type.shape.dim[:1] if d.HasField("dim_param")}
+    for vi in (*onnx.shape_inference.infer_shapes(model, strict_mode=False).graph.value_info, *model.graph.output):
+        tensor = vi.type.tensor_type
+        if vi.name in folded or not tensor.HasField("shape") or tensor.elem_type not in _ITEM_BYTES:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else input_shape[0] if d.dim_param in batch else None
+                for d in tensor.shape.dim]
+        if None not in dims:
+            sizes[vi.name] = _ITEM_BYTES[tensor.elem_type] * int(np.prod(dims))
+    unknown = [out for node in model.graph.node for out in node.output
+               if out and out not in sizes and out not in folded]
     x = np.random.default_rng(0).standard_normal(input_shape).astype(dtype)
+    n_outputs = len(model.graph.output)
     with tempfile.TemporaryDirectory(prefix="vitedge-profile-") as tmp:
-        path = Path(tmp) / "probe.onnx"
-        onnx.save(probe, str(path))
-        sess = session(path, optimize=False)
-        names = [o.name for o in sess.get_outputs()]
-        values = sess.run(names, {feed.name: x})
-    sizes = {name: int(np.asarray(v).nbytes) for name, v in zip(names, values, strict=True)}
-    sizes[feed.name] = int(x.nbytes)
+        for start in range(0, len(unknown), 32):
+            path = Path(tmp) / "probe.onnx"
+            model.graph.output.extend(onnx.ValueInfoProto(name=out) for out in unknown[start:start + 32])
+            try:
+                onnx.save(model, str(path))
+            finally:
+                del model.graph.output[n_outputs:]
+            sess = session(path, optimize=False)
+            names = [o.name for o in sess.get_outputs()][n_outputs:]
+            sizes.update((name, int(np.asarray(v).nbytes))
+                         for name, v in zip(names, sess.run(names, {feed.name: x}), strict=True))
+            del sess
     return sizes
+
+
+_ITEM_BYTES = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.INT8: 1, TensorProto.UINT8: 1,
+               TensorProto.INT32: 4, TensorProto.INT64: 8, TensorProto.BOOL: 1}
 
 
 def graph_profile(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str, Any]:

@@ -1,14 +1,16 @@
 """Calibration statistics, streamed: running min / max / max|x| (and, where asked, per-channel
 max|x| and a histogram of |x|) per float tensor, merged batch by batch.
 
-A copy of the graph exposes float32 intermediates as extra outputs and ONNX Runtime (CPU, no
-graph optimisation, so tensor names survive) runs it over the calibration set. Memory is
-bounded, whatever the model and the calibration set: after each run only the statistics are
-kept, and one run's outputs are capped at `memory_budget` bytes. The batch is sized from a
-one-image probe run, and when one image's intermediates alone exceed the budget (ViT-B/16 at
-384 px: ~1.3 GB) the watched tensors are split into groups, each a separate pass (compute is
-repeated, memory is not held). The FP16 plan reads the maxima to decide which nodes must stay
-FP32; SmoothQuant reads the per-channel maxima of MatMul inputs.
+The graph, with float32 intermediates as extra outputs, is written to a file and ONNX Runtime
+(CPU, no graph optimisation, so tensor names survive) runs it over the calibration set. Memory
+is bounded, whatever the model and the calibration set: after each run only the statistics
+are kept, and one run's outputs are capped at `memory_budget` bytes. The batch is sized from a
+one-image probe run plus every intermediate the run itself may hold, and when one image's
+watched tensors exceed the budget (ViT-B/16 at 384 px, all of them: ~1.3 GB) they are split
+into groups, each a separate pass (compute is repeated, memory is not held). Histograms keep
+a fixed number of bins. ONNX Runtime INT8 (both targets) takes its ranges from here, the FP16
+plan reads the maxima to decide which nodes must stay FP32, SmoothQuant the per-channel maxima
+of MatMul inputs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from vitedge.ortsession import session
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes of intermediate outputs per run
 HISTOGRAM_BINS = 2048
+ENTROPY_MAX_CLIPPED = 1e-4  # the fraction of values an entropy threshold may clip
 
 
 def float_tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -50,11 +53,17 @@ class TensorStats:
     channel_absmax: np.ndarray | None = None  # over the last axis, when tracked
     histogram: np.ndarray | None = None  # counts of |x| over [0, hist_edge], when tracked
     hist_edge: float = 0.0
+    row_floor: float = float("inf")  # smallest non-zero row peak (max |x| along the last axis), when tracked
     count: int = 0
 
-    def update(self, value: np.ndarray, channels: bool = False, histogram: bool = False) -> None:
+    def update(self, value: np.ndarray, channels: bool = False, histogram: bool = False, floor: bool = False) -> None:
         if value.size == 0:
             return
+        if floor and value.ndim:
+            peaks = np.max(np.abs(value.reshape(-1, value.shape[-1])), axis=1)
+            peaks = peaks[(peaks > 0) & np.isfinite(peaks)]
+            if peaks.size:
+                self.row_floor = min(self.row_floor, float(peaks.min()))
         lo, hi = float(np.min(value)), float(np.max(value))
         if np.isnan(lo) or np.isnan(hi):  # NaN already in FP32: as unsafe as an overflow
             lo, hi = float("-inf"), float("inf")
@@ -68,26 +77,92 @@ class TensorStats:
             self._add_histogram(np.abs(value).ravel())
 
     def _add_histogram(self, magnitudes: np.ndarray) -> None:
-        """ORT-style merge: when the range grows, the old counts are re-binned into the new edges."""
-        edge = max(self.absmax, 1e-12)
+        """Add |x| to a fixed-size histogram. When the range grows, the edge doubles as often as
+        needed and old bins merge in whole groups (2, 4, ...: exact, no re-binning error), so the
+        histogram stays HISTOGRAM_BINS counts however many batches come (ONNX Runtime's, fed
+        batch by batch, adds bins instead, and its size and the entropy search grow with them)."""
+        peak = max(self.absmax, 1e-12)
         if self.histogram is None:
-            self.histogram, self.hist_edge = np.zeros(HISTOGRAM_BINS, np.int64), edge
-        elif edge > self.hist_edge:
-            old_centers = (np.arange(HISTOGRAM_BINS) + 0.5) * (self.hist_edge / HISTOGRAM_BINS)
-            rebinned = np.zeros(HISTOGRAM_BINS, np.int64)
-            np.add.at(rebinned, np.minimum((old_centers / edge * HISTOGRAM_BINS).astype(int), HISTOGRAM_BINS - 1),
-                      self.histogram)
-            self.histogram, self.hist_edge = rebinned, edge
+            self.histogram, self.hist_edge = np.zeros(HISTOGRAM_BINS, np.int64), peak
+        elif peak > self.hist_edge:
+            factor = 2 ** int(np.ceil(np.log2(peak / self.hist_edge)))
+            while self.hist_edge * factor < peak:  # float rounding of log2
+                factor *= 2
+            if factor >= HISTOGRAM_BINS:
+                merged = np.zeros(HISTOGRAM_BINS, np.int64)
+                merged[0] = self.histogram.sum()
+            else:
+                merged = np.zeros(HISTOGRAM_BINS, np.int64)
+                merged[:HISTOGRAM_BINS // factor] = self.histogram.reshape(-1, factor).sum(axis=1)
+            self.histogram, self.hist_edge = merged, self.hist_edge * factor
         counts, _ = np.histogram(magnitudes, bins=HISTOGRAM_BINS, range=(0.0, self.hist_edge))
         self.histogram += counts
 
     def percentile(self, q: float) -> float:
-        """The q-th percentile of |x| from the histogram (absmax when none was kept)."""
+        """The q-th percentile of |x| from the histogram (upper edge of its bin; absmax when no
+        histogram was kept), never above absmax."""
         if self.histogram is None or not self.histogram.sum():
             return self.absmax
         cdf = np.cumsum(self.histogram) / self.histogram.sum()
         index = int(np.searchsorted(cdf, q / 100.0))
-        return float((index + 1) * self.hist_edge / HISTOGRAM_BINS)
+        return min(float((index + 1) * self.hist_edge / HISTOGRAM_BINS), self.absmax)
+
+    def entropy_threshold(self) -> float:
+        """The |x| clipping threshold of TensorRT's entropy calibration on the histogram
+        (`entropy_threshold`), but clipping at most ENTROPY_MAX_CLIPPED of the values, and never
+        above absmax (absmax when no histogram was kept).
+
+        The KL search is made for outliers: a few values far beyond the bulk. Where the bulk
+        itself sits far from zero it clips the bulk: near-uniform attention probabilities of a
+        random-init BEiT-v2 (all within [0.053, 0.065]) were clipped to 0.053, the images'
+        white background (a spike at the maximum) to 81% of it, and the TensorRT plan's error
+        went from 0.011 to 0.078. There the percentile is the threshold instead.
+        """
+        if self.histogram is None or not self.histogram.sum():
+            return self.absmax
+        floor = self.percentile(100 * (1 - ENTROPY_MAX_CLIPPED))
+        return min(max(entropy_threshold(self.histogram, self.hist_edge), floor), self.absmax)
+
+
+def entropy_threshold(histogram: np.ndarray, edge: float, levels: int = 128, start_bin: int = 128) -> float:
+    """TensorRT's entropy (KL-divergence) calibration on a histogram of |x| over [0, EDGE].
+
+    For every candidate threshold (the upper edge of bin i, i >= START_BIN) the reference
+    distribution P is the first i bins with everything beyond folded into the last one, and
+    Q is those i bins (without the tail) merged into LEVELS quantization levels and spread
+    back over their non-empty bins; the threshold with the smallest KL(P || Q) wins (the
+    largest one on a tie). The zero bin takes its neighbour's count (exact zeros, e.g. after
+    ReLU or padding, would otherwise dominate). The algorithm of NVIDIA's pytorch-quantization
+    `_compute_amax_entropy`, evaluated for all candidates at once with cumulative sums
+    instead of a Python loop per candidate (milliseconds per tensor, not seconds).
+    """
+    bins = np.asarray(histogram, dtype=np.float64).copy()
+    n = len(bins)
+    if n <= start_bin or bins.sum() == 0:
+        return float(edge)
+    bins[0] = bins[1]
+    total = bins.sum()
+    cum = np.concatenate([[0.0], np.cumsum(bins)])  # cum[m]: count of bins < m
+    nonzero = np.concatenate([[0], np.cumsum(bins > 0)])
+    xlogx = np.concatenate([[0.0], np.cumsum(np.where(bins > 0, bins * np.log(np.maximum(bins, 1.0)), 0.0))])
+    cand = np.arange(start_bin, n + 1)  # threshold = upper edge of bin cand - 1
+    tail = total - cum[cand]  # counts beyond the threshold, folded into the last bin of P
+    last = bins[cand - 1] + tail
+    # sum of P log P (unnormalised)
+    p_log_p = xlogx[cand - 1] + np.where(last > 0, last * np.log(np.maximum(last, 1e-300)), 0.0)
+    # bin j < i lies in level floor(levels * j / i): level k starts at ceil(k * i / levels)
+    starts = (np.arange(levels + 1)[None, :] * cand[:, None] + levels - 1) // levels
+    group = np.diff(cum[starts], axis=1)  # counts per level (tail excluded)
+    filled = np.diff(nonzero[starts], axis=1)  # non-empty bins per level
+    safe = np.maximum(group, 1e-300)
+    per_bin = safe / np.maximum(filled, 1)  # Q on each non-empty bin of a level
+    p_log_q = np.where(group > 0, group * np.log(per_bin), 0.0).sum(axis=1)
+    p_log_q += np.where(tail > 0, tail * np.log(per_bin[:, -1]), 0.0)
+    kl = (p_log_p - p_log_q) / total + np.log(np.maximum(cum[cand], 1e-300) / total)
+    kl[(tail > 0) & (bins[cand - 1] == 0)] = np.inf  # P has mass where Q has none
+    kl[cum[cand] == 0] = np.inf
+    best = len(kl) - 1 - int(np.argmin(kl[::-1]))
+    return float(cand[best] * edge / n)
 
 
 @dataclass
@@ -102,81 +177,142 @@ class CalibrationStats:
     def maxima(self) -> dict[str, float]:
         return {name: s.absmax for name, s in self.tensors.items() if s.count}
 
+    def floors(self) -> dict[str, float]:
+        """The smallest non-zero row peak of each tensor whose rows were tracked."""
+        return {name: s.row_floor for name, s in self.tensors.items() if np.isfinite(s.row_floor)}
 
-def _watchable(model: onnx.ModelProto, names: Iterable[str] | None) -> list[str]:
-    types = float_tensor_types(model)
+
+def _float_outputs(model: onnx.ModelProto) -> tuple[list[str], dict[str, int | None]]:
+    """Float32 node outputs (graph outputs aside) and the bytes of each for one image (None when
+    shape inference leaves a dimension unknown; a symbolic batch dimension counts as 1)."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    sizes: dict[str, int | None] = {}
+    for vi in (*inferred.graph.value_info, *inferred.graph.output):
+        tensor = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or tensor.elem_type != onnx.TensorProto.FLOAT:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else (1 if d.HasField("dim_param") else None)
+                for d in tensor.shape.dim] if tensor.HasField("shape") else [None]
+        sizes[vi.name] = None if None in dims else 4 * int(np.prod(dims))
     existing = {o.name for o in model.graph.output}
-    outputs = [out for node in model.graph.node for out in node.output
-               if out and types.get(out) == onnx.TensorProto.FLOAT and out not in existing]
-    if names is not None:
-        wanted = set(names)
-        outputs = [o for o in outputs if o in wanted]
-    return outputs
+    outputs = [out for node in model.graph.node for out in node.output if out in sizes and out not in existing]
+    return outputs, sizes
+
+
+def _dequantized_constants(model: onnx.ModelProto, names: set[str]) -> dict[str, onnx.NodeProto]:
+    """DequantizeLinear nodes among NAMES' producers whose inputs are all initializers (INT8 weights):
+    their values do not depend on the input, so they are computed once here instead of each run
+    (ViT-B/16: 0.35 GB of float weights per run)."""
+    inits = {i.name for i in model.graph.initializer}
+    return {n.output[0]: n for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.output[0] in names and all(i in inits for i in n.input if i)
+            and not any(a.name == "block_size" and a.i for a in n.attribute)}
+
+
+def _dequantize(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray:
+    """DequantizeLinear of constants, as ONNX defines it: (x - zero_point) * scale, per axis when the scale is 1-D."""
+    from onnx import numpy_helper
+
+    x, scale = (numpy_helper.to_array(inits[name]) for name in node.input[:2])
+    has_zero = len(node.input) > 2 and node.input[2]
+    zero = numpy_helper.to_array(inits[node.input[2]]) if has_zero else np.zeros((), x.dtype)
+    if scale.ndim == 1 and x.ndim > 1:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % x.ndim
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.ndim else zero
+    return ((x.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)).astype(np.float32)
 
 
 def collect_stats(model: onnx.ModelProto, inputs: np.ndarray, *, tensors: Iterable[str] | None = None,
-                  channels: Iterable[str] = (), histograms: Iterable[str] = (), batch_size: int = 8,
-                  memory_budget: int = DEFAULT_MEMORY_BUDGET, threads: int | None = None,
+                  channels: Iterable[str] = (), histograms: Iterable[str] = (), floor_images: int = 0,
+                  batch_size: int = 8, memory_budget: int = DEFAULT_MEMORY_BUDGET, threads: int | None = None,
                   description: str = "calibration statistics") -> CalibrationStats:
     """Stream INPUTS (NCHW float32) through MODEL and keep running statistics per float tensor.
 
     TENSORS limits which intermediates are watched (default: every float32 node output, plus
     the graph input and outputs); CHANNELS / HISTOGRAMS name those that also keep per-channel
-    max|x| / a histogram of |x|. Progress shows the batch count.
+    max|x| / a histogram of |x|; the node outputs' row floors (`TensorStats.row_floor`) are
+    taken over the first FLOOR_IMAGES images. Progress shows the batch count.
     """
     channels, histograms = set(channels), set(histograms)
-    watched = _watchable(model, tensors)
+    outputs, sizes = _float_outputs(model)
+    if tensors is not None:
+        wanted = set(tensors)
+        outputs = [o for o in outputs if o in wanted]
+    static = _dequantized_constants(model, set(outputs))
+    watched = [o for o in outputs if o not in static]
     input_name = next(i.name for i in model.graph.input
                       if i.name not in {init.name for init in model.graph.initializer})
     graph_outputs = [o.name for o in model.graph.output]
+    floor_images = min(floor_images, len(inputs))
     result = CalibrationStats()
 
-    def update(name: str, value: np.ndarray) -> None:
+    def update(name: str, value: np.ndarray, floor: bool) -> None:
         if value.dtype != np.float32:
             return
-        result.tensors.setdefault(name, TensorStats()).update(value, name in channels, name in histograms)
+        result.tensors.setdefault(name, TensorStats()).update(value, name in channels, name in histograms,
+                                                              floor and name != input_name)
+
+    if static:
+        inits = {i.name: i for i in model.graph.initializer}
+        for name, node in static.items():
+            update(name, _dequantize(node, inits), floor_images > 0)
 
     with tempfile.TemporaryDirectory(prefix="vitedge-stats-") as tmp:
         def open_probe(names: list[str], index: int) -> tuple[object, list[str]]:
-            probe = onnx.ModelProto()
-            probe.CopyFrom(model)
-            for name in names:
-                probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            # the watched tensors become graph outputs only while the probe is written: a copy
+            # of the model would hold its weights twice (ViT-B: +0.35 GB)
+            n_outputs = len(model.graph.output)
+            model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                                      for name in names)
             path = Path(tmp) / f"probe{index}.onnx"
-            onnx.save(probe, str(path))
+            try:
+                onnx.save(model, str(path))
+            finally:
+                del model.graph.output[n_outputs:]
             sess = session(path, threads=threads, optimize=False)
+            path.unlink()  # the session holds what it needs; the disk copy goes now
             return sess, [o.name for o in sess.get_outputs()]
 
-        # one image through everything: the bytes each watched tensor takes per image
-        sess, names = open_probe(watched, 0)
+        # bytes per image from shape inference; the few tensors it leaves unknown are measured on one
+        # image, a handful at a time (all at once, ViT-B/384's probe alone held 2.5 GB)
+        per_image = {n: sizes[n] for n in watched if sizes.get(n) is not None}
+        unknown = [n for n in watched if n not in per_image]
         first = np.ascontiguousarray(inputs[:1], dtype=np.float32)
-        per_image = {n: v.nbytes for n, v in zip(names, sess.run(names, {input_name: first}), strict=True)}
-        del sess
+        for start in range(0, len(unknown), 16):
+            sess, names = open_probe(unknown[start:start + 16], 0)
+            per_image.update((n, v.nbytes) for n, v in zip(names, sess.run(names, {input_name: first}), strict=True))
+            del sess
         groups = _groups(watched, per_image, memory_budget)
-        total = sum(per_image.values())
+        # the run's own intermediates count too (an upper bound: every float intermediate of one
+        # image; ViT-B/16-384 ~1.3 GB): batch 8 over the LayerNorm outputs alone held 2.8 GB
+        total = sum(per_image[n] for n in watched) + sum(v for v in sizes.values() if v is not None)
         batch = max(1, min(batch_size, memory_budget // max(1, total))) if len(groups) == 1 else 1
         result.batch_size, result.passes = batch, len(groups)
-        n_batches = -(-len(inputs) // batch)
-        steps = iter(ui.track(range(n_batches * len(groups)),
-                              f"{description} ({n_batches} batches of {batch}"
+        # batches never straddle the row-floor images
+        starts = [*range(0, floor_images, batch), *range(floor_images, len(inputs), batch)]
+        ends = starts[1:] + [len(inputs)]
+        steps = iter(ui.track(range(len(starts) * len(groups)),
+                              f"{description} ({len(starts)} batches of {batch}"
                               + (f", {len(groups)} passes)" if len(groups) > 1 else ")")))
         for index, group in enumerate(groups, start=1):
             sess, names = open_probe(group, index)
             keep = set(group) | (set(graph_outputs) if index == 1 else set())
-            for start in range(0, len(inputs), batch):
-                x = np.ascontiguousarray(inputs[start:start + batch], dtype=np.float32)
+            for start, end in zip(starts, ends, strict=True):
+                x = np.ascontiguousarray(inputs[start:end], dtype=np.float32)
                 values = sess.run(names, {input_name: x})
                 if index == 1:
-                    update(input_name, x)
+                    update(input_name, x, False)
                 for name, value in zip(names, values, strict=True):
                     if name in keep:
-                        update(name, value)
+                        update(name, value, start < floor_images)
                 del values
                 next(steps, None)
             del sess
         for _ in steps:  # close the progress bar
             pass
-        result.batches = n_batches
+        result.batches = len(starts)
     return result
 
 
@@ -201,23 +337,15 @@ def activation_ranges(model: onnx.ModelProto, inputs: np.ndarray, batch_size: in
                          memory_budget=memory_budget).maxima()
 
 
+def ranges_and_floors(model: onnx.ModelProto, inputs: np.ndarray, floor_images: int,
+                      memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[dict[str, float], dict[str, float]]:
+    """`activation_ranges` over INPUTS and the row floors (`fp16.row_floors`) over its first
+    FLOOR_IMAGES, from one streamed pass set (not two)."""
+    stats = collect_stats(model, inputs, floor_images=floor_images, memory_budget=memory_budget)
+    return stats.maxima(), stats.floors()
+
+
 def intermediate_bytes_per_image(model: onnx.ModelProto) -> int:
-    """Bytes of every float32 intermediate for one image, from shape inference (batch dim = 1)."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    total = 0
-    for vi in inferred.graph.value_info:
-        tensor = vi.type.tensor_type
-        if tensor.elem_type != onnx.TensorProto.FLOAT or not tensor.HasField("shape"):
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
-        total += 4 * int(np.prod(dims)) if dims else 4
-    return total
-
-
-def calibration_batch_size(onnx_path: str | Path, wanted: int = 8,
-                           memory_budget: int = 2 * DEFAULT_MEMORY_BUDGET) -> int:
-    """The calibration batch for a quantizer that watches every intermediate at once (ONNX
-    Runtime's calibrators): WANTED, lowered so one batch's intermediates fit MEMORY_BUDGET.
-    ViT-B/16 at 384 px holds ~1.3 GB per image: batch 8 peaked at 15.8 GB RSS, batch 1 fits."""
-    per_image = intermediate_bytes_per_image(onnx.load(str(onnx_path), load_external_data=False))
-    return max(1, min(wanted, memory_budget // max(1, per_image)))
+    """Bytes of every float32 intermediate for one image, from shape inference (batch dim = 1;
+    a tensor of unknown shape counts as nothing)."""
+    return sum(v for v in _float_outputs(model)[1].values() if v is not None)
