@@ -662,8 +662,8 @@ def _notes(report: dict[str, Any], subjects: list[Subject], ref_manifest: Manife
     if report["reference"]["runtime"].get("spinning") and report["settings"]["device"] == "cpu":
         notes.append({"kind": "spinning", "text": "PyTorch's OpenMP threads may spin-wait for tens of ms after "
                       f"each run (torch was loaded before bench could set GOMP_SPINCOUNT={OPENMP_SPINCOUNT}), "
-                      f"longer than the {SETTLE_MS:g} ms pause before the next runner; set "
-                      f"GOMP_SPINCOUNT={OPENMP_SPINCOUNT} in the environment"})
+                      f"taking CPU from the runner timed next; set GOMP_SPINCOUNT={OPENMP_SPINCOUNT} in the "
+                      "environment"})
     budget = report["settings"]["threads"]
     other = [f"{e['name']} {e['runtime']['threads']}" for e in [report["reference"], *on_cpu]
              if isinstance(e["runtime"].get("threads"), int) and e["runtime"]["threads"] != budget]

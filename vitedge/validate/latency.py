@@ -5,9 +5,8 @@ different one each time (rotating order), so drifting clocks, thermal state and 
 neighbours hit all of them alike. Each sample is the runner's own `last_ms` (perf_counter
 on CPU, CUDA events on GPU), never a timer around our Python code.
 
-Each run starts after `SETTLE_MS` of idle time, so threads a runtime leaves spin-waiting after
-its own run (OpenVINO's TBB workers, PyTorch's OpenMP threads) have gone to sleep before the
-next runner starts; `bound_openmp_spin` keeps PyTorch's OpenMP spin-wait short instead of off
+`measure_interleaved` can idle `settle_ms` before each run (default `SETTLE_MS`, 0: an idle VM
+is slow to wake); `bound_openmp_spin` keeps PyTorch's OpenMP spin-wait short instead of off
 (OMP_WAIT_POLICY=PASSIVE made the reference 20-45% slower on a 16-core Xeon and about 2x on
 the 2-core VM: see docs/bench.md).
 
@@ -36,8 +35,10 @@ DISPERSION_KEYS = ("p90_p50", "cv")
 SPEEDUP_KEYS = {"speedup_p50": "p50_ms", "speedup_p90": "p90_ms", "speedup_mean": "mean_ms"}
 
 
-# Idle time before each run (ms): longer than the spin-wait a runtime's threads keep up after a run.
-SETTLE_MS = 20.0
+# Idle time before each run (ms). 0: on the quiet 2-core VM a 20 ms pause let the vCPUs go idle and
+# PyTorch's next run took 16 ms instead of 1.8 (the demo, b1); the bounded OpenMP spin alone kept
+# every runner at its own speed there and within the Xeon's run-to-run spread (docs/bench.md).
+SETTLE_MS = 0.0
 # libgomp spin iterations before an idle OpenMP thread sleeps (default 300000, tens of ms):
 # long enough to stay hot between the parallel regions of one forward pass, short after it.
 OPENMP_SPINCOUNT = "10000"
