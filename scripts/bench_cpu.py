@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from vitedge.validate.latency import SETTLE_MS, bound_openmp_spin
+from vitedge.validate.latency import bound_openmp_spin
 
 bound_openmp_spin()  # before torch loads, as the vitedge command does
 
@@ -126,18 +126,15 @@ def build(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray]:
 
 
 def time_interleaved(runners: dict[str, Any], x: np.ndarray, warmup: int, iters: int) -> dict[str, list[float]]:
-    """ms per call for every runner; each round runs all runners once, in a rotating order, each run
-    after SETTLE_MS of idle time (as `vitedge bench` does)."""
+    """ms per call for every runner; each round runs all runners once, in a rotating order."""
     names = list(runners)
     for name in names:
         for _ in range(warmup):
-            time.sleep(SETTLE_MS / 1e3)
             runners[name].infer(x)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(iters):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            time.sleep(SETTLE_MS / 1e3)
             start = time.perf_counter()
             runners[name].infer(x)
             times[name].append((time.perf_counter() - start) * 1e3)

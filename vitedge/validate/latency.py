@@ -19,6 +19,7 @@ measures how much CPU other processes took while we timed.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -50,8 +51,6 @@ def bound_openmp_spin() -> bool:
     OMP_WAIT_POLICY=PASSIVE does. libgomp reads GOMP_SPINCOUNT once, when torch loads, so this
     works when called before torch is imported (the CLI does) or under the variable; a user's own
     OMP_WAIT_POLICY / GOMP_SPINCOUNT is kept. Returns whether torch's threads may still spin long."""
-    import sys
-
     if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPINCOUNT)
     policy = os.environ.get("OMP_WAIT_POLICY", "").upper()
@@ -78,7 +77,7 @@ def measure_interleaved(runners: Mapping[str, Runner], x: np.ndarray, *, warmup:
                         track: Callable[[list[list[str]]], Iterable[list[str]]] | None = None,
                         settle_ms: float = SETTLE_MS) -> dict[str, list[float]]:
     """Per runner, `iters` latency samples (ms) for input x, after `warmup` interleaved runs each,
-    every run preceded by SETTLE_MS of idle time.
+    every run preceded by `settle_ms` of idle time (none by default).
 
     `track` wraps the list of per-iteration run orders (a progress bar).
     """
