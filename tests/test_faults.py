@@ -35,16 +35,32 @@ def _spawn(*args: object, cwd: Path, home: Path | None = None,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
 
 
-def _wait_for(condition: Callable[[], object], proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"process ended (rc {proc.returncode}) before the point to interrupt: "
-                                 f"{proc.stderr.read() if proc.stderr else ''}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("timed out waiting for the point to interrupt")
-        time.sleep(0.05)
+def _interrupt(start: Callable[[int], subprocess.Popen], point: Callable[[int], object],
+               sig: int = signal.SIGINT, attempts: int = 3, timeout: float = 180) -> subprocess.Popen:
+    """Start a run (`START(attempt)`) and send SIG once `POINT(attempt)` holds. The process is
+    stopped (SIGSTOP) while POINT is checked again, so the signal lands mid-work even when a loaded
+    machine delays this poller; it is delivered on SIGCONT. A run that got past the point first
+    (it finished between two polls, or POINT no longer held once it was stopped) is let finish
+    and started again, ATTEMPTS times at most (a failed run fails the test at once)."""
+    for attempt in range(attempts):
+        proc = start(attempt)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            if point(attempt):
+                proc.send_signal(signal.SIGSTOP)
+                if point(attempt):
+                    proc.send_signal(sig)
+                    proc.send_signal(signal.SIGCONT)
+                    return proc
+                proc.send_signal(signal.SIGCONT)
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError("timed out waiting for the point to interrupt")
+            time.sleep(0.02)
+        code, err = _finish(proc)
+        assert code == 0, f"the run failed (rc {code}) before the point to interrupt: {err}"
+    raise AssertionError(f"all {attempts} runs got past the point to interrupt before the signal")
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str]:
@@ -115,10 +131,9 @@ def readonly_dir(tmp_path: Path, tmpfs) -> Path:
 # -- interrupts: SIGINT / SIGTERM / SIGKILL at several points ----------------------------------
 
 def test_sigint_during_export_leaves_nothing_and_a_rerun_succeeds(cli, tmp_path: Path) -> None:
-    out = tmp_path / "export"
-    proc = _spawn("export", "demo:digits", "-o", out, cwd=tmp_path)
-    _wait_for(lambda: _temp_dirs(tmp_path, "export"), proc)  # the ONNX export is being written
-    proc.send_signal(signal.SIGINT)
+    proc = _interrupt(lambda i: _spawn("export", "demo:digits", "-o", tmp_path / f"export{i}", cwd=tmp_path),
+                      lambda i: _temp_dirs(tmp_path, f"export{i}"))  # the ONNX export is being written
+    out = Path(proc.args[proc.args.index("-o") + 1])
     code, err = _finish(proc)
     assert code == 130, err
     assert "aborted, nothing written" in err and "Traceback" not in err
@@ -132,14 +147,17 @@ def test_sigterm_during_compile_keeps_the_previous_artifact(tmp_path: Path, demo
                                                             openvino_fp32: Path) -> None:
     """A compile over a previous artifact, terminated mid-build: the old artifact is intact,
     no temp dir remains, and OpenVINO/NNCF telemetry wrote nothing to HOME."""
-    out = tmp_path / "ov"
-    shutil.copytree(openvino_fp32, out)
-    before = (out / "vitedge.json").read_text()
+    before = (openvino_fp32 / "vitedge.json").read_text()
     home = tmp_path / "home"
     home.mkdir()
-    proc = _spawn("compile", demo_export, "--target", "openvino", "-o", out, cwd=tmp_path, home=home)
-    _wait_for(lambda: _temp_dirs(tmp_path, "ov"), proc)
-    proc.send_signal(signal.SIGTERM)
+
+    def start(i: int) -> subprocess.Popen:
+        shutil.copytree(openvino_fp32, tmp_path / f"ov{i}")
+        return _spawn("compile", demo_export, "--target", "openvino", "-o", tmp_path / f"ov{i}", cwd=tmp_path,
+                      home=home)
+
+    proc = _interrupt(start, lambda i: _temp_dirs(tmp_path, f"ov{i}"), signal.SIGTERM)
+    out = Path(proc.args[proc.args.index("-o") + 1])
     code, err = _finish(proc)
     assert code == 130, err
     assert "terminated, nothing written" in err and "Traceback" not in err
@@ -154,12 +172,12 @@ def test_sigterm_during_compile_keeps_the_previous_artifact(tmp_path: Path, demo
 
 
 def test_sigkill_leftovers_are_removed_by_the_next_run(cli, tmp_path: Path, demo_export: Path) -> None:
-    out = tmp_path / "ov"
-    proc = _spawn("compile", demo_export, "--target", "openvino", "-o", out, cwd=tmp_path)
-    _wait_for(lambda: _temp_dirs(tmp_path, "ov"), proc)
-    proc.kill()
+    proc = _interrupt(lambda i: _spawn("compile", demo_export, "--target", "openvino", "-o", tmp_path / f"ov{i}",
+                                       cwd=tmp_path),
+                      lambda i: _temp_dirs(tmp_path, f"ov{i}"), signal.SIGKILL)
+    out = Path(proc.args[proc.args.index("-o") + 1])
     proc.communicate(timeout=60)
-    assert _temp_dirs(tmp_path, "ov") and not out.exists()  # what a SIGKILL leaves
+    assert _temp_dirs(tmp_path, out.name) and not out.exists()  # what a SIGKILL leaves
     rerun = cli("compile", demo_export, "--target", "openvino", "-o", out)
     assert rerun.code == 0, rerun.text
     assert "left by an interrupted run" in rerun.err
@@ -171,10 +189,9 @@ def test_sigint_during_a_recipe_run(tmp_path: Path, digits_val: Path) -> None:
     recipe.write_text(f"version: 1\nmodel: {{spec: 'demo:digits'}}\n"
                       f"targets: [{{target: onnxruntime, precision: fp32}}]\n"
                       f"bench: {{data: {digits_val}, batches: [1], iters: 2, warmup: 0}}\n")
-    out = tmp_path / "run"
-    proc = _spawn("run", recipe, "-o", out, cwd=tmp_path)
-    _wait_for(lambda: _temp_dirs(out, "export"), proc)
-    proc.send_signal(signal.SIGINT)
+    proc = _interrupt(lambda i: _spawn("run", recipe, "-o", tmp_path / f"run{i}", cwd=tmp_path),
+                      lambda i: _temp_dirs(tmp_path / f"run{i}", "export"))
+    out = Path(proc.args[proc.args.index("-o") + 1])
     code, err = _finish(proc)
     assert code == 130, err
     assert "aborted, nothing written (steps finished before are kept)" in err and "Traceback" not in err
