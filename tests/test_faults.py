@@ -28,11 +28,21 @@ FAST = ("--batch", "1", "--iters", "2", "--warmup", "0", "--max-images", "24")
 
 def _spawn(*args: object, cwd: Path, home: Path | None = None,
            preexec: Callable[[], None] | None = None) -> subprocess.Popen:
-    """`python -m vitedge ARGS` as a separate process (HOME redirected to see what it writes)."""
+    """`python -m vitedge ARGS` as a separate process (HOME redirected to see what it writes).
+
+    SIGINT is put back to its default in the child: a test run started in the background by a
+    non-interactive shell (`pytest &`, `nohup ... &`) ignores SIGINT, as POSIX asks, and its
+    children inherit that, so SIGINT did nothing and the interrupted run finished with exit 0."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home or cwd)}
     env.pop("VITEDGE_TELEMETRY", None)
+
+    def child_setup() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if preexec is not None:
+            preexec()
+
     return subprocess.Popen([sys.executable, "-m", "vitedge", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=child_setup)
 
 
 def _interrupt(start: Callable[[int], subprocess.Popen], point: Callable[[int], object],
