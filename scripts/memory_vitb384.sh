@@ -6,6 +6,7 @@
 # the load average (`uptime`) is printed with every number: this machine is shared. The tensorrt
 # targets exit 3 after writing their plan where TensorRT is not installed: measured all the same.
 # Runs `python -m vitedge` from the checkout this script is in (PYTHONPATH=. there works too).
+# TIME names GNU time where it is not /usr/bin/time (e.g. unpacked from the Debian `time` package).
 #   [TARGETS="onnxruntime:int8 ..."] scripts/memory_vitb384.sh ["N ..."] [WORKDIR]
 set -euo pipefail
 SIZES=${1:-500}
@@ -16,13 +17,13 @@ CALIB=$(realpath "${CALIB:-calibration/digits/calib}")
 measure() {  # label, N, command...
   local label=$1 n=$2; shift 2
   local cache; cache=$(mktemp -d -t vitedge-mem-cache-XXXX)
-  VITEDGE_CACHE_DIR=$cache /usr/bin/time -v "$@" >"$WORK/$label-$n.log" 2>&1 || true
+  VITEDGE_CACHE_DIR=$cache "${TIME:-/usr/bin/time}" -v "$@" >"$WORK/$label-$n.log" 2>&1 || true
   rm -rf "$cache"
   local rss_kb wall status
   rss_kb=$(grep "Maximum resident set size" "$WORK/$label-$n.log" | awk '{print $NF}')
   wall=$(grep "Elapsed (wall clock)" "$WORK/$label-$n.log" | awk '{print $NF}')
   status=$(grep "Exit status" "$WORK/$label-$n.log" | awk '{print $NF}')
-  printf "| %s | %s | %.2f GB | %s | %s | %s |\n" "$label" "$n" "$(echo "$rss_kb / 1048576" | bc -l)" "$wall" \
+  printf "| %s | %s | %.2f GB | %s | %s | %s |\n" "$label" "$n" "$(awk -v kb="$rss_kb" 'BEGIN {print kb / 1048576}')" "$wall" \
     "$status" "$(uptime | sed 's/.*load average: //')"
 }
 echo "vitedge $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo), load average before: $(uptime | sed 's/.*load average: //')"
