@@ -43,6 +43,43 @@ def test_streamed_stats_equal_the_whole_set_and_respect_the_budget() -> None:
     assert tight.maxima() == stats.maxima()
 
 
+def test_each_pass_but_the_last_runs_only_the_nodes_its_tensors_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime runs every node whatever outputs are asked for: a pass over the first tensors
+    is given the graph up to their last producer (and the last pass the whole graph, with its
+    outputs); the statistics are those of whole-graph passes. A graph out of topological order
+    (where a prefix would miss a producer) gets the whole graph in every pass."""
+    import vitedge.precision.stats as stats_mod
+
+    seen: list[tuple[list[str], list[str]]] = []
+    real_session = stats_mod.session
+
+    def recording_session(path, **kwargs):
+        probe = onnx.load(str(path))
+        seen.append(([n.name for n in probe.graph.node], [o.name for o in probe.graph.output]))
+        return real_session(path, **kwargs)
+
+    monkeypatch.setattr(stats_mod, "session", recording_session)
+    x = np.random.default_rng(1).standard_normal((9, 4)).astype(np.float32)
+    model = _graph()
+    before = model.SerializeToString()
+    tight = collect_stats(model, x, memory_budget=16)  # one tensor per pass: h, then r
+    assert tight.passes == 2 and model.SerializeToString() == before  # the caller's graph is left as it was
+    assert seen == [(["mm"], ["h"]), (["mm", "relu", "neg"], ["y", "r"])]
+    whole = collect_stats(_graph(), x, memory_budget=2**20)
+    assert whole.passes == 1 and tight.maxima() == whole.maxima()
+    assert set(tight.tensors) == set(whole.tensors) == {"x", "h", "r", "y"}
+
+    shuffled = _graph()
+    nodes = list(shuffled.graph.node)
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend([nodes[1], nodes[0], nodes[2]])  # relu listed before the MatMul it reads
+    shuffled.graph.value_info.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", 4])
+                                     for name in ("h", "r"))  # shapes the inference cannot give out of order
+    seen.clear()
+    out_of_order = collect_stats(shuffled, x, memory_budget=16)
+    assert [len(names) for names, _ in seen] == [3, 3] and out_of_order.maxima() == whole.maxima()
+
+
 def test_histogram_keeps_its_size_and_counts_when_the_range_grows() -> None:
     s = TensorStats()
     s.update(np.array([0.1, 0.2, 0.25], np.float32), histogram=True)

@@ -259,18 +259,37 @@ def collect_stats(model: onnx.ModelProto, inputs: np.ndarray, *, tensors: Iterab
         for name, node in static.items():
             update(name, _dequantize(node, inits), floor_images > 0)
 
+    producer = {out: i for i, node in enumerate(model.graph.node) for out in node.output}
+
     with tempfile.TemporaryDirectory(prefix="vitedge-stats-") as tmp:
-        def open_probe(names: list[str], index: int) -> tuple[object, list[str]]:
+        def open_probe(names: list[str], index: int, whole: bool = True) -> tuple[object, list[str]]:
             # the watched tensors become graph outputs only while the probe is written: a copy
-            # of the model would hold its weights twice (ViT-B: +0.35 GB)
-            n_outputs = len(model.graph.output)
-            model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-                                      for name in names)
+            # of the model would hold its weights twice (ViT-B: +0.35 GB). Unless WHOLE, the
+            # probe is the graph up to the last node NAMES need (nodes are in topological
+            # order), without the graph's own outputs: ONNX Runtime runs every node of a graph
+            # whatever outputs are asked for, so each pass would otherwise run all of it
+            graph = model.graph
+            n_outputs = len(graph.output)
+            end = len(graph.node) if whole else _prefix_end(model, names, producer)
+            whole = end == len(graph.node)
+            tail = [onnx.NodeProto() for _ in range(len(graph.node) - end)]
+            for copy, node in zip(tail, graph.node[end:]):
+                copy.CopyFrom(node)
+            own = [onnx.ValueInfoProto() for _ in range(0 if whole else n_outputs)]
+            for copy, out in zip(own, graph.output):
+                copy.CopyFrom(out)
             path = Path(tmp) / f"probe{index}.onnx"
             try:
+                del graph.node[end:]
+                if not whole:
+                    del graph.output[:]
+                graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                                    for name in names)
                 onnx.save(model, str(path))
             finally:
-                del model.graph.output[n_outputs:]
+                del graph.output[0 if not whole else n_outputs:]
+                graph.output.extend(own)
+                graph.node.extend(tail)
             sess = session(path, threads=threads, optimize=False)
             path.unlink()  # the session holds what it needs; the disk copy goes now
             return sess, [o.name for o in sess.get_outputs()]
@@ -297,8 +316,9 @@ def collect_stats(model: onnx.ModelProto, inputs: np.ndarray, *, tensors: Iterab
                               f"{description} ({len(starts)} batches of {batch}"
                               + (f", {len(groups)} passes)" if len(groups) > 1 else ")")))
         for index, group in enumerate(groups, start=1):
-            sess, names = open_probe(group, index)
-            keep = set(group) | (set(graph_outputs) if index == 1 else set())
+            last = index == len(groups)  # the whole graph, with its outputs; the others a prefix
+            sess, names = open_probe(group, index, whole=last)
+            keep = set(group) | (set(graph_outputs) if last else set())
             for start, end in zip(starts, ends, strict=True):
                 x = np.ascontiguousarray(inputs[start:end], dtype=np.float32)
                 values = sess.run(names, {input_name: x})
@@ -314,6 +334,21 @@ def collect_stats(model: onnx.ModelProto, inputs: np.ndarray, *, tensors: Iterab
             pass
         result.batches = len(starts)
     return result
+
+
+def _prefix_end(model: onnx.ModelProto, names: list[str], producer: dict[str, int]) -> int:
+    """How many leading nodes compute NAMES: up to the last one's producer, when that prefix is
+    self-contained (every input of its nodes is a graph input, an initializer or an output of an
+    earlier node of it, and none has a subgraph); else every node."""
+    nodes = model.graph.node
+    end = 1 + max((producer.get(n, len(nodes) - 1) for n in names), default=len(nodes) - 1)
+    available = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    for node in nodes[:end]:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute) or \
+                not all(i in available for i in node.input):
+            return len(nodes)
+        available.update(node.output)
+    return end
 
 
 def _groups(names: list[str], per_image: dict[str, int], budget: int) -> list[list[str]]:
