@@ -7,7 +7,8 @@ is bounded, whatever the model and the calibration set: after each run only the 
 are kept, and one run's outputs are capped at `memory_budget` bytes. The batch is sized from a
 one-image probe run plus every intermediate the run itself may hold, and when one image's
 watched tensors exceed the budget (ViT-B/16 at 384 px, all of them: ~1.3 GB) they are split
-into groups, each a separate pass (compute is repeated, memory is not held). Histograms keep
+into groups, each a separate pass (compute is repeated, memory is not held; every pass but the
+last runs only the graph prefix its tensors need). Histograms keep
 a fixed number of bins. ONNX Runtime INT8 (both targets) takes its ranges from here, the FP16
 plan reads the maxima to decide which nodes must stay FP32, SmoothQuant the per-channel maxima
 of MatMul inputs.
