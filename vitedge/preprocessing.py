@@ -30,6 +30,7 @@ _PIL_INTERPOLATION = {
     "hamming": Image.Resampling.HAMMING,
 }
 INTERPOLATIONS = tuple(_PIL_INTERPOLATION)
+CROP_MODES = ("center", "squash", "squash_center")
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,14 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
-    resize_size: int | None = None  # shortest side before cropping; None: from crop_pct
-    crop_mode: str = "center"  # "center" (timm/torchvision) or "squash" (resize to HxW)
+    resize_size: int | None = None  # shortest side (squash_center: both sides) before cropping; None: from crop_pct
+    # "center" (timm/torchvision: shortest side to resize_size, centre crop), "squash" (resize
+    # straight to HxW) or "squash_center" (Hugging Face DeiT-style processors: resize straight to
+    # resize_size x resize_size, then centre crop to HxW)
+    crop_mode: str = "center"
+    # where a centre crop starts when the margin is odd: "round" (timm/torchvision: round half to
+    # even) or "floor" (transformers' image processors: int((size - crop) / 2))
+    crop_offset: str = "round"
     channel_order: str = "RGB"
     layout: str = "NCHW"
     scale: float = 1.0 / 255.0
@@ -54,8 +61,10 @@ class Preprocessing:
                 f"unknown interpolation {self.interpolation!r}; "
                 f"use one of {', '.join(_PIL_INTERPOLATION)}"
             )
-        if self.crop_mode not in ("center", "squash"):
-            raise BadInput(f"unknown crop_mode {self.crop_mode!r}; use center or squash")
+        if self.crop_mode not in CROP_MODES:
+            raise BadInput(f"unknown crop_mode {self.crop_mode!r}; use one of {', '.join(CROP_MODES)}")
+        if self.crop_offset not in ("round", "floor"):
+            raise BadInput(f"unknown crop_offset {self.crop_offset!r}; use round or floor")
         if not 0.0 < self.crop_pct <= 1.0:
             raise BadInput(f"crop_pct must be in (0, 1], got {self.crop_pct}")
 
@@ -160,8 +169,10 @@ def preprocess_image(img: Image.Image, pre: Preprocessing) -> np.ndarray:
         return _normalize(img, pre)
     size = pre.scale_size
     w, h = img.size
+    if pre.crop_mode == "squash_center":  # Hugging Face: resize to (size, size), then centre crop
+        resized = img if img.size == (size, size) else img.resize((size, size), _PIL_INTERPOLATION[pre.interpolation])
     # torchvision Resize(int): shortest side to `size`, the other keeps aspect (truncated).
-    if (w <= h and w == size) or (h <= w and h == size):
+    elif (w <= h and w == size) or (h <= w and h == size):
         resized = img
     elif w < h:
         resized = img.resize((size, int(size * h / w)), _PIL_INTERPOLATION[pre.interpolation])
@@ -172,8 +183,10 @@ def preprocess_image(img: Image.Image, pre: Preprocessing) -> np.ndarray:
         resized = resized.resize((max(rw, width), max(rh, height)),
                                  _PIL_INTERPOLATION[pre.interpolation])
         rw, rh = resized.size
-    top = int(round((rh - height) / 2.0))
-    left = int(round((rw - width) / 2.0))
+    if pre.crop_offset == "floor":
+        top, left = int((rh - height) / 2.0), int((rw - width) / 2.0)
+    else:
+        top, left = int(round((rh - height) / 2.0)), int(round((rw - width) / 2.0))
     return _normalize(resized.crop((left, top, left + width, top + height)), pre)
 
 

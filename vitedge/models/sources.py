@@ -343,28 +343,63 @@ def load_hf(name: str, req: ModelRequest) -> LoadedModel:
 
 
 def _hf_preprocessing(path: Path | None, config: Any, img_size: int | None) -> Preprocessing:
+    """The eval transform of the folder's image processor (preprocessor_config.json), as transformers
+    runs it: resize (`size`: height/width straight, or shortest_edge keeping the aspect; ConvNext /
+    PoolFormer scale it by 1/crop_pct, LeViT by 256/224), then, with `do_center_crop`, a centre
+    crop to `crop_size`, which is then the model's input size (DeiT: resize 256, crop 224)."""
     cfg_path = path / "preprocessor_config.json" if path else None
     if cfg_path is None or not cfg_path.is_file():
         size = img_size or getattr(config, "image_size", DEFAULT_SIZE)
         return _default_preprocessing(size)
     cfg = json.loads(cfg_path.read_text())
-    size = cfg.get("size", {})
-    if isinstance(size, int):
+    kind = str(cfg.get("image_processor_type") or "").removesuffix("Fast")
+    size = cfg.get("size") or {"shortest_edge": DEFAULT_SIZE}
+    if isinstance(size, int):  # the old form: an int is the shortest edge
         size = {"shortest_edge": size}
-    mean = tuple(cfg.get("image_mean", (0.5, 0.5, 0.5)))
-    std = tuple(cfg.get("image_std", (0.5, 0.5, 0.5)))
+    normalize = cfg.get("do_normalize", True) is not False and kind != "MobileViTImageProcessor"
+    mean = tuple(cfg.get("image_mean", (0.5, 0.5, 0.5))) if normalize else (0.0, 0.0, 0.0)
+    std = tuple(cfg.get("image_std", (0.5, 0.5, 0.5))) if normalize else (1.0, 1.0, 1.0)
     interp = _HF_RESAMPLE.get(cfg.get("resample", 2), "bilinear")
-    common = dict(mean=mean, std=std, interpolation=interp,
-                  scale=float(cfg.get("rescale_factor", 1 / 255)),
-                  extra={"origin": "preprocessor_config.json"})
+    origin = f"preprocessor_config.json ({kind or 'image processor'})"
+    common = dict(mean=mean, std=std, interpolation=interp, crop_offset="floor",
+                  scale=float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) is not False else 1.0,
+                  channel_order="BGR" if cfg.get("do_flip_channel_order") else "RGB")
+    crop = cfg.get("crop_size") if cfg.get("do_center_crop") else None
+    if isinstance(crop, int):
+        crop = {"height": crop, "width": crop}
+    crop_pct = cfg.get("crop_pct")
+    if kind == "ConvNextImageProcessor":  # its own resize: crops to shortest_edge below 384, warps at 384+
+        edge = int(size.get("shortest_edge", DEFAULT_SIZE))
+        crop_pct = float(crop_pct if crop_pct is not None else 224 / 256)
+        if edge >= 384:
+            size, crop = {"height": edge, "width": edge}, None
+        else:
+            size, crop = {"shortest_edge": int(edge / crop_pct)}, {"height": edge, "width": edge}
+    elif kind == "LevitImageProcessor" and "shortest_edge" in size:
+        size = {"shortest_edge": int((256 / 224) * size["shortest_edge"])}
+    elif kind == "PoolFormerImageProcessor" and crop_pct:
+        side = size.get("shortest_edge") or size.get("height")
+        if side and size.get("height", side) == size.get("width", side):
+            size = {"shortest_edge": int(side / float(crop_pct))}
+    if "height" in size and size.get("height") != size.get("width") and crop:
+        raise BadInput(f"{cfg_path}: a {size['height']}x{size['width']} resize followed by a centre crop is "
+                       "not a transform vitedge reproduces; give --crop-pct to resize the shortest side instead")
+    if crop:  # the crop size is the model's input; the resize before it scales along with --img-size
+        crop_h, crop_w = int(crop.get("height", crop.get("width"))), int(crop.get("width", crop.get("height")))
+        h, w = (img_size, img_size) if img_size else (crop_h, crop_w)
+        resize = int(size["height"] if "height" in size else size["shortest_edge"])
+        resize = round(resize * h / crop_h) if img_size else resize
+        mode = "squash_center" if "height" in size else "center"
+        return Preprocessing(input_size=(h, w), crop_pct=min(1.0, max(h, w) / resize), resize_size=resize,
+                             crop_mode=mode, extra={"origin": origin, "resize": size, "crop_size": crop}, **common)
     if "height" in size:  # ViTImageProcessor: resize straight to HxW, no crop
-        h, w = (img_size, img_size) if img_size else (size["height"], size["width"])
-        return Preprocessing(input_size=(h, w), crop_pct=1.0, crop_mode="squash", **common)
-    edge = size.get("shortest_edge", DEFAULT_SIZE)
-    crop = cfg.get("crop_size", {"height": edge}) if cfg.get("do_center_crop") else {"height": edge}
-    crop_h = img_size or int(crop.get("height", edge))
-    return Preprocessing(input_size=(crop_h, crop_h), crop_pct=min(1.0, crop_h / edge),
-                         resize_size=edge, **common)
+        h, w = (img_size, img_size) if img_size else (int(size["height"]), int(size["width"]))
+        return Preprocessing(input_size=(h, w), crop_pct=1.0, crop_mode="squash",
+                             extra={"origin": origin, "resize": size}, **common)
+    # shortest edge, no crop: the model sees a square of that side (centre of the resized image)
+    edge = img_size or int(size["shortest_edge"])
+    return Preprocessing(input_size=(edge, edge), crop_pct=1.0, resize_size=edge,
+                         extra={"origin": origin, "resize": size}, **common)
 
 
 @register_source("pt2")

@@ -176,11 +176,12 @@ def _decomposed_layernorms(model: onnx.ModelProto, constants: dict[str, np.ndarr
             readers.setdefault(t, []).append(node)
     found = []
     for node in model.graph.node:
-        squares = (node.op_type == "Pow" and len(node.input) > 1 and node.input[1] in constants
-                   and np.all(constants[node.input[1]] == 2)) or \
-                  (node.op_type == "Mul" and node.input[0] == node.input[1])
-        source = producers.get(node.input[0])
-        if squares and source is not None and source.op_type == "Sub" and \
+        if len(node.input) != 2 or not node.output:  # Constant and other source nodes have no inputs
+            continue
+        squares = (node.op_type == "Pow" and node.input[1] in constants and np.all(constants[node.input[1]] == 2)) \
+            or (node.op_type == "Mul" and node.input[0] == node.input[1])
+        source = producers.get(node.input[0]) if squares else None
+        if source is not None and source.op_type == "Sub" and \
                 any(r.op_type == "ReduceMean" for r in readers.get(node.output[0], [])):
             found.append(Problem(node.name, node.op_type,
                                  "decomposed LayerNorm (Sub -> square -> ReduceMean): overflows in FP16 "
