@@ -60,25 +60,46 @@ def torchvision_swin(num_classes: int = 10) -> Any:
                            window_size=[7, 7], num_classes=num_classes)
 
 
-def save_hf_classifier(kind: str, folder: Any) -> Any:
-    """A tiny transformers ViT / Swin / BEiT image classifier from its config, saved to FOLDER."""
+# kind -> the image processor its checkpoints ship, as (class name, kwargs) for a 32x32 model;
+# the resize-then-crop ratios are the real checkpoints' (DeiT 256 -> 224, MobileViT 288 -> 256).
+HF_PROCESSORS: dict[str, tuple[str, dict[str, Any]]] = {
+    "vit": ("ViTImageProcessor", {"size": {"height": 32, "width": 32}}),
+    "swin": ("ViTImageProcessor", {"size": {"height": 32, "width": 32}}),  # microsoft/swin-*
+    "beit": ("BeitImageProcessor", {"size": {"height": 32, "width": 32}, "do_center_crop": False}),
+    "deit_distilled": ("DeiTImageProcessor", {"size": {"height": 37, "width": 37},  # 32 * 256 / 224
+                                              "crop_size": {"height": 32, "width": 32}}),
+    "mobilevit": ("MobileViTImageProcessor", {"size": {"shortest_edge": 36}, "crop_size": {"height": 32, "width": 32}}),
+}
+HF_KINDS = tuple(HF_PROCESSORS)
+
+
+def save_hf_classifier(kind: str, folder: Any, processor: bool = False) -> Any:
+    """A tiny transformers image classifier of KIND (HF_KINDS) from its config, saved to FOLDER,
+    with (PROCESSOR) the image processor its checkpoints ship."""
     import transformers
 
     labels = {i: f"class_{i}" for i in range(3)}
     common = dict(image_size=32, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()})
+    vit_sizes = dict(patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     if kind == "vit":
-        config = transformers.ViTConfig(patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                        intermediate_size=64, **common)
-        model = transformers.ViTForImageClassification(config)
+        model = transformers.ViTForImageClassification(transformers.ViTConfig(**vit_sizes, **common))
     elif kind == "swin":
         config = transformers.SwinConfig(patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4,
                                          **common)
         model = transformers.SwinForImageClassification(config)
     elif kind == "beit":
-        config = transformers.BeitConfig(patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                         intermediate_size=64, use_relative_position_bias=True, **common)
+        config = transformers.BeitConfig(**vit_sizes, use_relative_position_bias=True, **common)
         model = transformers.BeitForImageClassification(config)
+    elif kind == "deit_distilled":  # the format of the facebook/deit-*-distilled-* checkpoints
+        model = transformers.DeiTForImageClassificationWithTeacher(transformers.DeiTConfig(**vit_sizes, **common))
+    elif kind == "mobilevit":
+        config = transformers.MobileViTConfig(patch_size=2, hidden_sizes=[16, 24, 32], num_attention_heads=2,
+                                              neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 32], **common)
+        model = transformers.MobileViTForImageClassification(config)
     else:
         raise ValueError(kind)
     model.save_pretrained(folder)
+    if processor:
+        name, kwargs = HF_PROCESSORS[kind]
+        getattr(transformers, name)(**kwargs).save_pretrained(folder)
     return folder

@@ -36,8 +36,12 @@ def export(
     force: bool = False,
     pretrained: bool = False,
     random_init_seed: int | None = None,
+    exporter: str = "auto",
 ) -> Manifest:
     """Load MODEL, export it to OUT_DIR/model.onnx with a manifest, and check parity.
+
+    EXPORTER: "auto" tries the exporters of `vitedge.export.EXPORTERS` in order (dynamo,
+    dynamo with unfused attention, TorchScript); one of their keys runs that one only.
 
     Weights come from WEIGHTS, PRETRAINED (the library's hub cache) or RANDOM_INIT_SEED
     (recorded in the manifest; the reference is rebuilt from the seed).
@@ -45,7 +49,7 @@ def export(
     Every flag and the output dir are checked before the model is loaded; OUT_DIR is locked
     against a second vitedge process for the whole export.
     """
-    from vitedge.export import MIN_OPSET, export_model
+    from vitedge.export import EXPORTER_CHOICES, MIN_OPSET, export_model
     from vitedge.fsutil import check_free_space, check_output_dir, output_lock
     from vitedge.models import load_model, parse_labels
 
@@ -60,6 +64,8 @@ def export(
                        f"(a ViT's attention grows with the 4th power of the image side)")
     if atol <= 0:
         raise BadInput(f"--atol must be positive, got {atol}")
+    if exporter not in EXPORTER_CHOICES:
+        raise BadInput(f"unknown --exporter {exporter!r}; choose one of {', '.join(EXPORTER_CHOICES)}")
     if data is not None and not Path(data).exists():
         raise BadInput(f"--data {data} does not exist")
     spec_path = Path(model[3:] if model.startswith("hf:") else model)
@@ -77,7 +83,7 @@ def export(
             if hasattr(module, "parameters") else 0
         check_free_space(out_dir, 2 * params + (32 << 20), f"the export of {model}")
         return export_model(loaded, out_dir, opset=opset, batch=batch,
-                            data=str(data) if data else None, atol=atol, force=force)
+                            data=str(data) if data else None, atol=atol, force=force, exporter=exporter)
 
 
 def compile(

@@ -80,6 +80,9 @@ def export(
     std: Annotated[str | None, typer.Option(help="Override normalisation std.")] = None,
     crop_pct: Annotated[float | None, typer.Option(help="Override centre-crop fraction.")] = None,
     interpolation: Annotated[str | None, typer.Option(help="Override resize interpolation.")] = None,
+    exporter: Annotated[str, typer.Option(
+        help="auto (dynamo, then dynamo with unfused attention, then TorchScript) | dynamo | "
+             "dynamo-unfused | torchscript: that exporter only.")] = "auto",
     force: Annotated[bool, typer.Option(help="Replace OUT even when it is not a previous vitedge export.")] = False,
 ) -> None:
     """Export a trained ViT to a validated ONNX + vitedge.json manifest."""
@@ -95,6 +98,7 @@ def export(
         batch=batch if batch == "dynamic" else int(batch), data=data, labels=labels, atol=atol,
         mean=_floats3(mean, "--mean"), std=_floats3(std, "--std"), crop_pct=crop_pct,
         interpolation=interpolation, force=force, pretrained=pretrained, random_init_seed=random_init,
+        exporter=exporter,
     )
     print_export_summary(manifest, out)
 

@@ -6,7 +6,8 @@ import contextlib
 import io
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,68 +40,133 @@ def torch_logits(module: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray
     return np.concatenate(outs)
 
 
-def _export_onnx(loaded: LoadedModel, path: Path, opset: int, batch: int | None) -> str:
+@dataclass(frozen=True)
+class Exporter:
+    """One way from the torch module to ONNX. `key` is what `--exporter` takes, `name` what the
+    manifest's `onnx.exporter` records; `why_not(loaded)` says why it cannot apply to a model
+    (None: it applies); `run(job)` writes job.path or raises."""
+
+    key: str
+    name: str
+    summary: str
+    why_not: Callable[[LoadedModel], str | None]
+    run: Callable[["_ExportJob"], None]
+
+
+@dataclass
+class _ExportJob:
+    loaded: LoadedModel
+    path: Path
+    opset: int
+    x: Any  # the dummy input, [batch, 3, H, W]
+    dynamic: bool
+    external: bool
+
+
+def _run_dynamo(job: _ExportJob) -> None:
+    import torch
+
+    target = job.loaded.details.get("export_target", job.loaded.module)
+    kwargs: dict[str, Any] = {}
+    if job.dynamic and target is job.loaded.module:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    torch.onnx.export(
+        target, (job.x,), str(job.path), dynamo=True, opset_version=job.opset, external_data=job.external,
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False, **kwargs,
+    )
+
+
+def _run_dynamo_unfused(job: _ExportJob) -> None:
+    with _unfused_attention(job.loaded.module):
+        _run_dynamo(job)
+
+
+def _run_torchscript(job: _ExportJob) -> None:
+    import torch
+
+    torch.onnx.export(
+        job.loaded.module, (job.x,), str(job.path), dynamo=False, opset_version=job.opset,
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if job.dynamic else None,
+    )
+
+
+def _is_script(loaded: LoadedModel) -> bool:
+    return loaded.exporter == "torchscript"
+
+
+def _is_program(loaded: LoadedModel) -> bool:
+    return "export_target" in loaded.details
+
+
+# In the order `export` tries them. A new exporter is one entry here: --exporter, the fallback
+# chain and the coverage matrix (tests/coverage_matrix.py) take it from this registry.
+EXPORTERS: dict[str, Exporter] = {e.key: e for e in (
+    Exporter("dynamo", "dynamo", "torch.export + the dynamo ONNX exporter (the default)",
+             lambda m: "a TorchScript program cannot be re-traced by torch.export" if _is_script(m) else None,
+             _run_dynamo),
+    Exporter("dynamo-unfused", "dynamo (unfused attention)",
+             "dynamo with timm's attention in its explicit q@kT/softmax/@v form instead of "
+             "scaled_dot_product_attention (BEiT: \"Failed to decompose the FX graph\")",
+             lambda m: ("a .pt2 program is already traced" if _is_program(m) else
+                        "a TorchScript program cannot be re-traced by torch.export" if _is_script(m) else
+                        None if _fused_attention_modules(m.module) else
+                        "the model has no timm attention block using scaled_dot_product_attention"),
+             _run_dynamo_unfused),
+    Exporter("torchscript", "torchscript", "the TorchScript (torch.jit.trace) ONNX exporter",
+             lambda m: "a .pt2 program is already traced: only dynamo exports it" if _is_program(m) else None,
+             _run_torchscript),
+)}
+EXPORTER_CHOICES = ("auto", *EXPORTERS)
+
+
+def _exporter_attempts(loaded: LoadedModel, exporter: str) -> list[Exporter]:
+    """The exporters to try, in order: every one that applies ("auto"), or the one asked for."""
+    if exporter == "auto":
+        return [e for e in EXPORTERS.values() if e.why_not(loaded) is None]
+    if exporter not in EXPORTERS:
+        raise BadInput(f"unknown --exporter {exporter!r}; choose one of {', '.join(EXPORTER_CHOICES)}")
+    why = EXPORTERS[exporter].why_not(loaded)
+    if why:
+        raise BadInput(f"--exporter {exporter} does not apply to {loaded.spec}: {why}")
+    return [EXPORTERS[exporter]]
+
+
+def _export_onnx(loaded: LoadedModel, path: Path, opset: int, batch: int | None, exporter: str = "auto") -> str:
     """Run the torch exporter, falling back when it fails; returns which exporter was used.
 
-    Attempts, in order: torch.export + dynamo (the default); dynamo again with timm's fused
-    attention switched to its explicit q@kT/softmax/@v form (the decomposition fix for e.g.
-    BEiT, whose SDPA output cannot be `view`ed under a symbolic batch: "Failed to decompose the
-    FX graph"); the TorchScript exporter. ExportFailed names every attempt's error.
+    Attempts, in the order of EXPORTERS: torch.export + dynamo (the default); dynamo again with
+    timm's fused attention switched to its explicit q@kT/softmax/@v form (the decomposition fix
+    for e.g. BEiT, whose SDPA output cannot be `view`ed under a symbolic batch: "Failed to
+    decompose the FX graph"); the TorchScript exporter. EXPORTER other than "auto" runs that one
+    only. ExportFailed names every attempt's error.
     """
     import torch
 
+    attempts = _exporter_attempts(loaded, exporter)
     h, w = loaded.preprocessing.input_size
     dummy_batch = batch or loaded.static_batch or 2  # >1 so dynamo keeps the dim symbolic
-    x = torch.randn(dummy_batch, 3, h, w)
     n_params = sum(p.numel() for p in loaded.module.parameters()) if hasattr(loaded.module, "parameters") else 0
-    external = n_params * 4 > EXTERNAL_DATA_BYTES
-    dynamic = batch is None and loaded.static_batch is None
-
-    def torchscript() -> None:
-        torch.onnx.export(
-            loaded.module, (x,), str(path), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None,
-        )
-
-    if loaded.exporter == "torchscript":
-        torchscript()
-        return "torchscript"
-    target = loaded.details.get("export_target", loaded.module)
-    kwargs: dict[str, Any] = {}
-    if dynamic and target is loaded.module:
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
-
-    def dynamo() -> None:
-        torch.onnx.export(
-            target, (x,), str(path), dynamo=True, opset_version=opset, external_data=external,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False, **kwargs,
-        )
-
-    def dynamo_unfused() -> None:
-        with _unfused_attention(loaded.module):
-            dynamo()
-
-    attempts = [("dynamo", dynamo)]
-    if target is loaded.module:  # a .pt2 program is already traced: nothing else to try
-        if _fused_attention_modules(loaded.module):
-            attempts.append(("dynamo (unfused attention)", dynamo_unfused))
-        attempts.append(("torchscript", torchscript))
+    job = _ExportJob(loaded, path, opset, torch.randn(dummy_batch, 3, h, w),
+                     dynamic=batch is None and loaded.static_batch is None,
+                     external=n_params * 4 > EXTERNAL_DATA_BYTES)
     failures: list[str] = []
     last: BaseException | None = None
-    for name, attempt in attempts:
+    for attempt in attempts:
         try:
             with _exporter_quiet():
-                attempt()
+                attempt.run(job)
         except Exception as exc:  # noqa: BLE001 - exporter errors are many and deep
-            failures.append(f"{name}: {_export_error_line(exc)}")
+            failures.append(f"{attempt.name}: {_export_error_line(exc)}")
             last = exc
             path.unlink(missing_ok=True)
             if len(failures) < len(attempts):
-                ui.warn(f"the {name} exporter failed ({_export_error_line(exc)}); trying {attempts[len(failures)][0]}")
+                ui.warn(f"the {attempt.name} exporter failed ({_export_error_line(exc)}); "
+                        f"trying {attempts[len(failures)].name}")
             continue
-        return name
-    raise ExportFailed(f"every ONNX exporter failed for {loaded.spec}: {'; '.join(failures)} "
+        return attempt.name
+    what = "every ONNX exporter" if len(attempts) > 1 else f"the {attempts[0].name} exporter"
+    raise ExportFailed(f"{what} failed for {loaded.spec}: {'; '.join(failures)} "
                        "(run with --debug for the tracebacks; a .pt2 or TorchScript file of the model "
                        "may export where the eager module does not)") from last
 
@@ -188,8 +254,10 @@ def parity(loaded: LoadedModel, onnx_path: Path, data: str | None, images: int,
 
 def export_model(loaded: LoadedModel, out_dir: str | Path, *, opset: int = 18,
                  batch: str | int = "dynamic", data: str | None = None, atol: float = 1e-3,
-                 parity_images: int = 256, force: bool = False) -> Manifest:
-    """Export LOADED to OUT_DIR/model.onnx + vitedge.json, atomically; fail on parity misses."""
+                 parity_images: int = 256, force: bool = False, exporter: str = "auto") -> Manifest:
+    """Export LOADED to OUT_DIR/model.onnx + vitedge.json, atomically; fail on parity misses.
+
+    EXPORTER: "auto" (try EXPORTERS in order) or one key of EXPORTERS."""
     if opset < MIN_OPSET:
         raise BadInput(f"opset {opset} is too old: ViTs need >= {MIN_OPSET} for a fused "
                        "LayerNormalization (TensorRT/FP16 overflow otherwise)")
@@ -197,6 +265,7 @@ def export_model(loaded: LoadedModel, out_dir: str | Path, *, opset: int = 18,
     if fixed_batch is not None and fixed_batch < 1:
         raise BadInput(f"--batch must be 'dynamic' or a positive integer, got {batch}")
     out_dir = Path(out_dir)
+    _exporter_attempts(loaded, exporter)  # an exporter that cannot apply: said before any work
     if fixed_batch is None and loaded.static_batch:
         ui.warn(f"{loaded.spec} was exported with a fixed batch of {loaded.static_batch}; "
                 "the ONNX keeps it (re-export the program with a dynamic batch dim to change that)")
@@ -204,7 +273,7 @@ def export_model(loaded: LoadedModel, out_dir: str | Path, *, opset: int = 18,
         onnx_path = tmp / "model.onnx"
         start = time.perf_counter()
         with ui.Step(f"exporting {loaded.spec} to ONNX (opset {opset})"):
-            exporter = _export_onnx(loaded, onnx_path, opset, fixed_batch)
+            used = _export_onnx(loaded, onnx_path, opset, fixed_batch, exporter)
         export_s = time.perf_counter() - start
         facts = check_onnx(onnx_path)
         if facts["layernorm_decomposed"]:
@@ -228,7 +297,7 @@ def export_model(loaded: LoadedModel, out_dir: str | Path, *, opset: int = 18,
             labels=loaded.labels,
             num_classes=loaded.num_classes,
             io=facts.pop("io"),
-            onnx={"file": "model.onnx", "exporter": exporter, "export_seconds": round(export_s, 2),
+            onnx={"file": "model.onnx", "exporter": used, "export_seconds": round(export_s, 2),
                   "dynamic_batch": fixed_batch is None and loaded.static_batch is None,
                   "batch": fixed_batch or loaded.static_batch, **facts},
             target="onnx",
