@@ -53,8 +53,8 @@ def run(case_names: list[str], work: Path, log: bool = True) -> dict:
             # the auto export is one of the others (same exporter, same graph): compiled there
             if exporter != cm.AUTO and exp.code == 0 and exp.passed:
                 for target, precision in targets:
-                    res = cm.compile_cell(case, export_dir, target, precision, cwork / f"{exporter}-{target}-{precision}",
-                                          cwork)
+                    out = cwork / f"{exporter}-{target}-{precision}"
+                    res = cm.compile_cell(case, export_dir, target, precision, out, cwork)
                     row["compile"][f"{target}/{precision}"] = {
                         "code": res.code, "outcome": res.outcome, "passed": res.passed,
                         "cosine_min": res.cosine_min, "seconds": round(res.seconds, 1), "problems": res.problems,
@@ -80,6 +80,8 @@ def _cell(cell: dict | None) -> str:
         return ""
     if not cell["passed"]:
         return f"**FAIL** (exit {cell['code']})"
+    if cell["outcome"] == "unavailable":
+        return "not usable here (exit 3)"
     mark = {"plan": "plan", "engine": "engine", "artifact": "ok"}[cell["outcome"]]
     return f"{mark} {cell['cosine_min']:.4f}"
 
@@ -102,11 +104,12 @@ def markdown(result: dict) -> str:
     cells = [c for r in result["rows"] for c in r["compile"].values()]
     exports = [r["export"] for r in result["rows"]]
     failed = sum(not c["passed"] for c in cells) + sum(not e["passed"] for e in exports)
+    minutes = (sum(c["seconds"] for c in cells) + sum(e["seconds"] for e in exports)) / 60
     tol = ", ".join(f"{p} {v}" for p, v in result["tolerance"].items())
     per_case = "; ".join(f"{n}: {', '.join(f'{p} {v}' for p, v in t.items())}"
                          for n, t in result["case_tolerance"].items())
     return "\n".join([
-        f"Measured {result['date']} ({result['machine']}, shared; {result['seconds'] // 60} min for "
+        f"Measured {result['date']} ({result['machine']}, shared with other work; {minutes:.0f} min for "
         f"{len(exports)} exports and {len(cells)} compiles; {failed} failed) by "
         "`PYTHONPATH=$PWD nice -n 19 python scripts/coverage_matrix.py`. A cell is the compile's result and "
         "the smallest per-image cosine of its logits vs the export's FP32 ONNX on 16 digit images: `ok` "
@@ -131,17 +134,24 @@ def write_doc(table: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="*", default=[c.name for c in cm.CASES], choices=list(cm.CASES_BY_NAME))
+    parser.add_argument("--cases", nargs="*", choices=list(cm.CASES_BY_NAME),
+                        help="run these cases only (default: all; with --from-json: none)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
-    parser.add_argument("--from-json", type=Path, help="write the table from a previous --json instead of running")
+    parser.add_argument("--from-json", type=Path,
+                        help="start from a previous --json: its rows, with those of --cases run again")
     parser.add_argument("--no-write", action="store_true", help=f"print the table, leave {DOC.name} alone")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-    if args.from_json:
-        result = json.loads(args.from_json.read_text())
-    else:
-        with tempfile.TemporaryDirectory(prefix="vitedge-matrix-") as tmp:
-            result = run(args.cases, Path(tmp))
+    previous = json.loads(args.from_json.read_text()) if args.from_json else None
+    cases = args.cases if args.cases is not None else ([] if previous else [c.name for c in cm.CASES])
+    with tempfile.TemporaryDirectory(prefix="vitedge-matrix-") as tmp:
+        result = run(cases, Path(tmp))
+    if previous:  # the previous rows in case order, those run now replaced
+        fresh = {r["case"] for r in result["rows"]}
+        rows = [r for r in previous["rows"] if r["case"] not in fresh] + result["rows"]
+        order = {c.name: i for i, c in enumerate(cm.CASES)}
+        rows.sort(key=lambda r: order.get(r["case"], len(order)))  # stable: exporters keep their order
+        result = {**previous, "rows": rows, "tolerance": cm.TOLERANCE, "case_tolerance": result["case_tolerance"]}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     table = markdown(result)

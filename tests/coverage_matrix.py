@@ -275,9 +275,14 @@ def compile_cell(case: Case, export: Path, target: str, precision: str, out: Pat
 
 
 def check_compile(case: Case, backend: Any, precision: str, out: Path, result: Result) -> Result:
-    """Exit 0 with the artifact, or exit 3 with the plan where the backend compiles without its
-    runtime and the runtime is not usable here; drift within the case's tolerance."""
+    """Exit 0 with the artifact, or exit 3 where the backend's runtime is not usable here (with the
+    plan written where the backend compiles without it); drift within the case's tolerance."""
     manifest = result.manifest
+    if result.code == 3 and not backend.compiles_without_runtime and not backend.availability().usable:
+        if "is not usable here" not in result.text:
+            result.problems.append("exit 3 without saying the target is not usable here")
+        result.outcome = "unavailable"  # nothing to check on this machine
+        return result
     if result.code == 3 and backend.compiles_without_runtime and not backend.availability().usable:
         if not (manifest and manifest.get("incomplete") and (out / manifest["artifact"]["onnx"]).is_file()):
             result.problems.append("exit 3 without the plan written")
