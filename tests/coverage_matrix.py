@@ -40,7 +40,7 @@ AUTO = "auto"
 
 # The documented drift tolerance: smallest per-image cosine of the logits vs the export's FP32
 # ONNX, per precision; a case may set its own (its family's) in Case.tolerance.
-TOLERANCE = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.99, "int8": 0.98}
+TOLERANCE = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.995, "int8": 0.99}
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,11 @@ def _hf(kind: str) -> Callable[[Path], tuple[str, list[str]]]:
     def build(work: Path) -> tuple[str, list[str]]:
         from tiny_families import save_hf_classifier
 
-        return f"hf:{save_hf_classifier(kind, work / f'hf_{kind}', processor=True)}", []
+        from vitedge.models.sources import seeded
+
+        with seeded(0):  # transformers initialises from torch's global RNG
+            folder = save_hf_classifier(kind, work / f"hf_{kind}", processor=True)
+        return f"hf:{folder}", []
 
     return build
 
@@ -123,17 +127,17 @@ def _demo(work: Path) -> tuple[str, list[str]]:
     return "demo:digits", []
 
 
-_DECOMPOSE = "Failed to decompose"
+_SDPA_VIEW = "Cannot view a tensor with shape"  # SDPA output under a symbolic batch
 CASES: tuple[Case, ...] = (
     Case("demo", "demo", "ViT (timm VisionTransformer, trained)", _demo),
     Case("timm_vit", "timm", "ViT (timm test_vit)", _timm_test_vit),
     Case("torchvision_vit", "torchvision", "ViT-B/16 (torchvision, 32 px)", _torchvision_vit, slow=True),
-    Case("factory_beit", "factory", "BEiT (timm, reduced)", _factory("beit"), export_failures={"dynamo": _DECOMPOSE}),
+    Case("factory_beit", "factory", "BEiT (timm, reduced)", _factory("beit"), export_failures={"dynamo": _SDPA_VIEW}),
     Case("factory_torchvision_swin", "factory", "Swin (torchvision, reduced)", _factory("torchvision_swin")),
     Case("hf_vit", "hf", "ViT (transformers)", _hf("vit")),
     Case("hf_deit_distilled", "hf", "DeiT distilled (transformers, resize 37 -> crop 32)", _hf("deit_distilled")),
-    Case("hf_swin", "hf", "Swin (transformers)", _hf("swin")),
-    Case("hf_beit", "hf", "BEiT (transformers)", _hf("beit")),
+    Case("hf_swin", "hf", "Swin (transformers)", _hf("swin"), export_failures={"dynamo": _SDPA_VIEW}),
+    Case("hf_beit", "hf", "BEiT (transformers)", _hf("beit"), export_failures={"dynamo": _SDPA_VIEW}),
     Case("hf_mobilevit", "hf", "MobileViT (transformers, shortest edge 36 -> crop 32, BGR)", _hf("mobilevit")),
     Case("pt2", "pt2", "ViT (timm test_vit, torch.export program)", _pt2),
     Case("torchscript", "torchscript", "ViT (timm test_vit, TorchScript trace)", _torchscript),
