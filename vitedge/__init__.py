@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from vitedge._version import __version__
 
 from vitedge.telemetry import decline_vendor_telemetry  # noqa: E402 - before OpenVINO/NNCF load
 

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from vitedge import __version__, ui
+from vitedge import ui
+from vitedge._version import __version__
 from vitedge.errors import VitedgeError
 
 app = typer.Typer(

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from vitedge import __version__, ui
+from vitedge import ui
+from vitedge._version import __version__
 from vitedge.errors import ArtifactIncomplete, BadInput, VitedgeError
 from vitedge.fsutil import (
     StepState,

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from vitedge import __version__, ui
+from vitedge import ui
+from vitedge._version import __version__
 from vitedge.errors import BadInput, EnvironmentProblem, GateError, GateFailed, GateUnreliable, VitedgeError
 from vitedge.fsutil import (
     atomic_dir,

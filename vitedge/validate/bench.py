@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from vitedge import __version__, ui
+from vitedge import ui
+from vitedge._version import __version__
 from vitedge.backends.base import Runner, backend_for_target, get_backend
 from vitedge.data import Tensors, load_tensors, open_image_set
 from vitedge.errors import BadInput, EnvironmentProblem, GateFailed, GateUnreliable
