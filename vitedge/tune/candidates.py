@@ -183,6 +183,32 @@ def throughput_variants(candidates: list[Candidate], batches: Sequence[int]) -> 
     return variants
 
 
+AMX_INT8 = {"attention": "float", "float_precision": "bf16", "shapes": "static"}
+
+
+def amx_variants(candidates: list[Candidate], device: DeviceFacts) -> list[Candidate]:
+    """OpenVINO candidates shaped for CPUs with AMX (docs/performance.md, "AMX"): INT8 GEMMs with
+    attention and the float remainder in bf16 and static shapes, and bf16 with static shapes.
+    Skipped with the reason on a CPU without AMX-INT8 / bf16 arithmetic."""
+    variants = []
+    amx = "AMX-INT8" in device.isa and device.bf16
+    for base in candidates:
+        if base.target != "openvino" or base.status != "planned" or base.precision not in ("int8", "bf16"):
+            continue
+        if base.precision == "int8":
+            variant = Candidate(f"{base.name}-amx", base.target, "int8", {**base.extra, **AMX_INT8},
+                                "INT8 GEMMs (AMX-INT8) with attention, LayerNorm, GELU and residuals in bf16 "
+                                "(AMX-BF16) and static shapes per batch size", base=base.name)
+        else:
+            variant = Candidate(f"{base.name}-static", base.target, "bf16", {**base.extra, "shapes": "static"},
+                                "bf16 with static shapes per batch size", base=base.name)
+        if not amx:
+            variant.status, variant.reason = "skipped", (
+                "this CPU has no AMX-INT8 with bf16 arithmetic: the AMX variants are for Xeons with AMX")
+        variants.append(variant)
+    return variants
+
+
 def skip_duplicates(candidates: list[Candidate]) -> None:
     """Skip, with the reason, a planned candidate whose target, precision and options repeat an earlier one."""
     seen: dict[str, str] = {}
@@ -228,9 +254,10 @@ def repeats_its_base_at_runtime(candidate: Candidate, built: Manifest, base: Man
 # candidates (bases, benched batches). A new variant is one function above and one entry here;
 # its name becomes a `--knobs` choice and a recipe `tune.knobs` value. keep_float is not here:
 # its variants need the per-block sensitivity, measured after planning (tune.run).
-PLANNED_VARIANTS: dict[str, Callable[[list[Candidate], Sequence[int]], list[Candidate]]] = {
-    "smoothquant_alpha": lambda bases, batches: smoothquant_alpha_variants(bases),
-    "throughput": throughput_variants,
+PLANNED_VARIANTS: dict[str, Callable[[list[Candidate], Sequence[int], DeviceFacts], list[Candidate]]] = {
+    "smoothquant_alpha": lambda bases, batches, device: smoothquant_alpha_variants(bases),
+    "throughput": lambda bases, batches, device: throughput_variants(bases, batches),
+    "amx": lambda bases, batches, device: amx_variants(bases, device),
 }
 # The knobs tune can try besides target x precision (tune(knobs=...), `--knobs`).
 KNOBS = ("keep_float", *PLANNED_VARIANTS)

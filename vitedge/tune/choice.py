@@ -109,6 +109,14 @@ def why_chosen(chosen: Candidate | None, built: list[Candidate]) -> str:
     return text
 
 
+def vs_yardsticks(report: dict[str, Any], chosen: Candidate | None) -> list[dict[str, Any]]:
+    """The chosen artifact's speed as a ratio to each yardstick at each batch, with its interval."""
+    if chosen is None:
+        return []
+    entry = next((a for a in report["artifacts"] if Path(a["source"]).name == chosen.name), {})
+    return list(entry.get("vs_yardsticks", []))
+
+
 def write_best(out: Path, chosen: Candidate, result: dict[str, Any]) -> None:
     """OUT/best/: a copy of the chosen artifact whose manifest says why it was chosen."""
     source = out / CANDIDATES_DIR / chosen.name

@@ -41,6 +41,7 @@ from vitedge.tune.choice import (
     fail_uncheckable,
     read_outcomes,
     split_gates,
+    vs_yardsticks,
     why_chosen,
     write_best,
     write_html,
@@ -59,32 +60,38 @@ def tune(export_dir: str | Path, out_dir: str | Path, *, data: str | Path, calib
          gates: Sequence[str] = (), batches: Sequence[int] = (1, 8), budget_minutes: float | None = None,
          threads: int | None = None, max_images: int | None = None, warmup: int = 5, iters: int = 30,
          knobs: bool | Sequence[str] = True, device_facts: DeviceFacts | None = None, force: bool = False,
-         trust_source: bool = False) -> dict[str, Any]:
+         trust_source: bool = False, yardsticks: Sequence[str] | None = None) -> dict[str, Any]:
     """Build, bench and choose; returns what OUT/tune.json holds.
 
     KNOBS: True for every knob in KNOBS, False for none, or the names of those to try.
+    YARDSTICKS: what a user gets without vitedge, timed in the same bench and stated as the chosen
+    artifact's ratio to each (None: `yardsticks.default_names`, [] for none).
 
     GateFailed when no candidate passes; GateUnreliable (exit 5) when none passes but some
     were only undecided on speed (a busy machine): rerun on a quiet one. OUT is checked with
     the output-dir policy of a `vitedge run` dir (FORCE writes over anything else) and locked.
     TRUST_SOURCE: the export's model spec may run code when the reference is rebuilt (SECURITY.md).
     """
+    from vitedge.validate.yardsticks import check_names
+
     export_dir, out = Path(export_dir), Path(out_dir)
     knob_names = knob_set(knobs)
+    yardsticks = check_names(list(yardsticks)) if yardsticks is not None else None
     export, targets, labelled, gates = _check_inputs(export_dir, out, data, calib, targets, precisions, gates,
                                                      batches, budget_minutes, force, trust_source)
     with output_lock(out):
         return _tune(export_dir, out, export, targets, labelled, gates, data=data, calib=calib,
                      precisions=precisions, batches=batches, budget_minutes=budget_minutes, threads=threads,
                      max_images=max_images, warmup=warmup, iters=iters, knobs=knob_names,
-                     device_facts=device_facts, trust_source=trust_source)
+                     device_facts=device_facts, trust_source=trust_source, yardsticks=yardsticks)
 
 
 
 def _tune(export_dir: Path, out: Path, export: Manifest, targets: list[str], labelled: bool, gates: list[str], *,
           data: str | Path, calib: str | Path | None, precisions: Sequence[str] | None, batches: Sequence[int],
           budget_minutes: float | None, threads: int | None, max_images: int | None, warmup: int, iters: int,
-          knobs: frozenset[str], device_facts: DeviceFacts | None, trust_source: bool) -> dict[str, Any]:
+          knobs: frozenset[str], device_facts: DeviceFacts | None, trust_source: bool,
+          yardsticks: list[str] | None = None) -> dict[str, Any]:
     """tune() with every input checked and OUT locked."""
     from vitedge.fsutil import StepState, tree_hash
     from vitedge.validate import gates as gatelib
@@ -96,7 +103,7 @@ def _tune(export_dir: Path, out: Path, export: Manifest, targets: list[str], lab
     bases = list(candidates)
     for knob, variants in PLANNED_VARIANTS.items():
         if knob in knobs:
-            candidates += variants(bases, batches)
+            candidates += variants(bases, batches, device)
     skip_duplicates(candidates)
     _check_named_gates(parsed, candidates, list(batches), labelled)
     for candidate in candidates:
@@ -142,8 +149,13 @@ def _tune(export_dir: Path, out: Path, export: Manifest, targets: list[str], lab
     checkable, unchecked = split_gates(gates, parsed, candidates)
     for entry in unchecked:
         ui.warn(f"gate {entry['gate']!r} not checked: {entry['reason']}")
+    bench_device = "cuda" if any(c.target == "tensorrt" for c in built) else "cpu"
+    if yardsticks is None:
+        from vitedge.validate.yardsticks import default_names
+
+        yardsticks = default_names(bench_device)
     report = _bench(built, export_dir, out, data, batches, checkable, threads, max_images, warmup, iters,
-                    "cuda" if any(c.target == "tensorrt" for c in built) else "cpu", trust_source)
+                    bench_device, trust_source, yardsticks)
     read_outcomes(report, built)
     fail_uncheckable(unchecked, built)
     chosen = choose(built)
@@ -157,9 +169,14 @@ def _tune(export_dir: Path, out: Path, export: Manifest, targets: list[str], lab
         "device": asdict(device), "sensitivity": sensitivity,
         "candidates": [asdict(c) for c in candidates],
         "chosen": chosen.name if chosen else None, "why": why_chosen(chosen, built),
+        "yardsticks": yardsticks, "chosen_vs_yardsticks": vs_yardsticks(report, chosen),
         "best_dir": str(out / BEST_DIR) if chosen else None, "report_dir": str(out / REPORT_DIR),
         "seconds": round(time.perf_counter() - started, 1),
     }
+    if result["chosen_vs_yardsticks"]:
+        result["why"] += "; against what a user gets without vitedge: " + ", ".join(
+            f"{r['ratio_p50']:.2f}x {r['yardstick']} at b{r['batch']} [{r['ratio_p50_ci'][0]:.2f}, "
+            f"{r['ratio_p50_ci'][1]:.2f}]" for r in result["chosen_vs_yardsticks"])
     if chosen is not None:
         write_best(out, chosen, result)
     elif (out / BEST_DIR / MANIFEST_NAME).is_file() and "tune" in Manifest.load(out / BEST_DIR):
@@ -280,8 +297,8 @@ def _intact(artifact: Path) -> bool:
 
 def _bench(built: list[Candidate], export_dir: Path, out: Path, data: str | Path, batches: Sequence[int],
            gates: list[str], threads: int | None, max_images: int | None, warmup: int, iters: int,
-           device: str, trust_source: bool) -> dict[str, Any]:
-    """One interleaved bench of every built candidate against the PyTorch reference."""
+           device: str, trust_source: bool, yardsticks: Sequence[str] = ()) -> dict[str, Any]:
+    """One interleaved bench of every built candidate against the PyTorch reference (and the yardsticks)."""
     from vitedge.validate.bench import run_bench
 
     report_dir = out / REPORT_DIR
@@ -290,6 +307,6 @@ def _bench(built: list[Candidate], export_dir: Path, out: Path, data: str | Path
         return run_bench([out / CANDIDATES_DIR / c.name for c in built], reference=export_dir, data=data,
                          batches=batches, gates=gates, report_dir=report_dir, device=device,
                          max_images=max_images, warmup=warmup, iters=iters, threads=threads,
-                         trust_source=trust_source)
+                         trust_source=trust_source, yardsticks=yardsticks)
     except GateError as exc:  # some candidates fail or are undecided: the report has every result
         return exc.result

@@ -39,7 +39,7 @@ class Subject:
     """The reference or one candidate: where it came from, its open runner and its logits."""
 
     name: str
-    role: str  # "reference" | "candidate"
+    role: str  # "reference" | "candidate" | "yardstick"
     source: str  # artifact dir or MODEL spec
     backend: str
     target: str
@@ -111,6 +111,7 @@ def assemble(subjects: list[Subject], tensors: Tensors, source: str, data_classe
         own = compare_logits(reference.logits, reference.logits, labels)
         ref_entry["accuracy"] = {"top1_acc": own["top1_acc"], "top5_acc": own["top5_acc"]}
     artifacts = []
+    yardsticks = [s for s in subjects[1:] if s.role == "yardstick"]
     for subject in subjects[1:]:
         assert subject.logits is not None
         if subject.logits.shape != reference.logits.shape:
@@ -118,6 +119,8 @@ def assemble(subjects: list[Subject], tensors: Tensors, source: str, data_classe
                            f"reference's {list(reference.logits.shape)}; is it the same model?")
         entry = _subject_entry(subject, reference, batches)
         drift = compare_logits(reference.logits, subject.logits, labels)
+        if subject.role == "yardstick":
+            continue
         if labels is not None:
             drift["top5_acc_drop"] = drift["ref_top5_acc"] - drift["top5_acc"]
         entry["drift"] = drift
@@ -125,7 +128,16 @@ def assemble(subjects: list[Subject], tensors: Tensors, source: str, data_classe
         entry["worst"] = worst_disagreements(reference.logits, subject.logits, names, labels, class_names,
                                              worst)
         entry["manifest"] = _manifest_summary(subject.manifest)
+        if yardsticks:
+            entry["vs_yardsticks"] = _vs_yardsticks(subject, yardsticks, batches)
         artifacts.append(entry)
+    yardstick_entries = []
+    for subject in yardsticks:
+        entry = _subject_entry(subject, reference, batches)
+        entry["note"] = subject.source
+        entry["drift"] = {k: v for k, v in compare_logits(reference.logits, subject.logits, labels).items()
+                          if k in ("top1_agreement", "cosine_mean", "cosine_min", "rel_l2", "acc_delta")}
+        yardstick_entries.append(entry)
     return {
         "schema": REPORT_SCHEMA,
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -143,8 +155,24 @@ def assemble(subjects: list[Subject], tensors: Tensors, source: str, data_classe
         "environment": {"tools": tool_versions(), "hardware": hardware()},
         "reference": ref_entry,
         "artifacts": artifacts,
+        **({"yardsticks": yardstick_entries} if yardstick_entries else {}),
         "gates": [],
     }
+
+
+def _vs_yardsticks(subject: Subject, yardsticks: list[Subject], batches: list[int]) -> list[dict[str, Any]]:
+    """SUBJECT's speed as a ratio to each yardstick at each batch (yardstick p50 / this p50: > 1 is
+    faster than the yardstick), with the paired-bootstrap 95% interval."""
+    rows = []
+    for yardstick in yardsticks:
+        for batch in batches:
+            mine, theirs = subject.latency.get(batch), yardstick.latency.get(batch)
+            if not mine or not theirs:
+                continue
+            rows.append({"yardstick": yardstick.name, "batch": batch,
+                         "ratio_p50": theirs["p50_ms"] / mine["p50_ms"],
+                         "ratio_p50_ci": list(ratio_interval(theirs["samples_ms"], mine["samples_ms"]))})
+    return rows
 
 
 def _class_names(reference: Subject, num_classes: int) -> list[str]:
@@ -171,10 +199,16 @@ def _manifest_summary(manifest: Manifest | None) -> dict[str, Any]:
     return summary
 
 
+def _entries(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every subject a gate can name: the reference, the artifacts and the yardsticks."""
+    entries = {report["reference"]["name"]: report["reference"]}
+    entries.update({a["name"]: a for a in [*report["artifacts"], *report.get("yardsticks", [])]})
+    return entries
+
+
 def lookup(report: dict[str, Any]) -> gatelib.Lookup:
     """A metric value from the assembled report, for gates (None when not measured)."""
-    entries = {report["reference"]["name"]: report["reference"]}
-    entries.update({a["name"]: a for a in report["artifacts"]})
+    entries = _entries(report)
 
     def lookup(operand: gatelib.Operand) -> float | None:
         entry = entries[operand.subject or ""]
@@ -192,8 +226,7 @@ def lookup(report: dict[str, Any]) -> gatelib.Lookup:
 
 def intervals(report: dict[str, Any]) -> gatelib.IntervalLookup:
     """Bootstrap confidence intervals of speed checks, from the paired samples in the report."""
-    entries = {report["reference"]["name"]: report["reference"]}
-    entries.update({a["name"]: a for a in report["artifacts"]})
+    entries = _entries(report)
 
     def samples(operand: gatelib.Operand) -> list[float] | None:
         row = next((r for r in entries[operand.subject or ""]["latency"] if r["batch"] == operand.batch), None)

@@ -69,6 +69,7 @@ def bench(
     threads: int | None = None,
     trust_source: bool = False,
     force: bool = False,
+    yardsticks: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     """Drift and latency of ARTIFACTS vs the PyTorch FP32 REFERENCE on DATA (as `vitedge bench`).
 
@@ -77,14 +78,15 @@ def bench(
     paths = [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
     return run_bench(paths, reference=reference, data=data, batches=list(batches), gates=list(gates),
                      report_dir=report_dir, device=device, max_images=max_images, warmup=warmup, iters=iters,
-                     threads=threads, trust_source=trust_source, force=force)
+                     threads=threads, trust_source=trust_source, force=force, yardsticks=list(yardsticks))
 
 
 def run_bench(artifacts: Sequence[str | Path], *, reference: str | Path, data: str | Path,
               batches: Sequence[int] = (1, 8), gates: Sequence[str] = (),
               report_dir: str | Path | None = None, device: str = "cpu", max_images: int | None = None,
               warmup: int = 5, iters: int = 30, threads: int | None = None, worst: int = 10,
-              record: bool = False, trust_source: bool = False, force: bool = False) -> dict[str, Any]:
+              record: bool = False, trust_source: bool = False, force: bool = False,
+              yardsticks: Sequence[str] = ()) -> dict[str, Any]:
     """Bench ARTIFACTS against REFERENCE on DATA; write reports; raise GateFailed if a gate fails
     (GateUnreliable if none failed but a speed gate is undecided), with the report attached.
 
@@ -93,25 +95,29 @@ def run_bench(artifacts: Sequence[str | Path], *, reference: str | Path, data: s
     summary into each artifact's manifest (`validation`), as recipes do for their artifacts.
     `trust_source`: an export dir given as REFERENCE may rebuild a source that runs code
     (see SECURITY.md). REPORT_DIR is checked (and locked) before anything is loaded; `force`
-    writes reports there even when it holds other files.
+    writes reports there even when it holds other files. YARDSTICKS (`yardsticks.YARDSTICKS`) are
+    timed beside the artifacts and reported as ratios (what the user gets without vitedge).
     """
+    from vitedge.validate.yardsticks import check_names
+
     batches = _check_settings(artifacts, batches, device, max_images, warmup, iters, threads, worst)
+    yardsticks = check_names(list(yardsticks))
     if report_dir is None:
         return _run_bench(artifacts, reference, data, batches, gates, None, device, max_images, warmup, iters,
-                          threads, worst, record, trust_source)
+                          threads, worst, record, trust_source, yardsticks)
     from vitedge.fsutil import check_free_space, check_output_dir, output_lock
 
     check_output_dir(report_dir, "report", force=force, inputs=[data, *artifacts])
     check_free_space(report_dir, REPORT_SPACE_BYTES, "the bench reports")
     with output_lock(report_dir):
         return _run_bench(artifacts, reference, data, batches, gates, report_dir, device, max_images, warmup,
-                          iters, threads, worst, record, trust_source)
+                          iters, threads, worst, record, trust_source, yardsticks)
 
 
 def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str | Path, batches: list[int],
                gates: Sequence[str], report_dir: str | Path | None, device: str, max_images: int | None,
                warmup: int, iters: int, threads: int | None, worst: int, record: bool,
-               trust_source: bool) -> dict[str, Any]:
+               trust_source: bool, yardsticks: Sequence[str] = ()) -> dict[str, Any]:
     """run_bench with its settings checked and its report dir locked."""
     torch_spins = bound_openmp_spin()
     threads = threads or os.cpu_count() or 1
@@ -130,7 +136,7 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
     image_set = open_image_set(data, ref_labels).subset(max_images, seed=0)
     tensors = load_tensors(image_set, pre, description="validation images")
     subjects_view = gatelib.Subjects(list(manifests), _aliases(manifests), list(batches),
-                                     tensors.labels is not None)
+                                     tensors.labels is not None, yardsticks=list(yardsticks))
     checks = gatelib.plan(parsed_gates, subjects_view)
 
     started = time.perf_counter()
@@ -145,6 +151,9 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
         for name, (path, manifest) in manifests.items():
             subjects.append(_open_candidate(name, path, manifest, device, threads, probe,
                                             subjects_view.aliases))
+        export_dir = _export_dir(ref_dir, manifests) if yardsticks else None
+        for name in yardsticks:
+            subjects.append(_open_yardstick(name, subjects[0], export_dir, device, threads, probe))
         _drift_logits(subjects, tensors.x)
         reference_check = _check_reference(subjects, ref_dir, manifests, tensors.x, threads)
         with OutsideLoad() as load:
@@ -170,7 +179,8 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
         report["files"] = write_reports(report, Path(report_dir))
     if record:
         for subject in subjects[1:]:
-            assembly.record_validation(subject, report)
+            if subject.role == "candidate":
+                assembly.record_validation(subject, report)
     failed = [r for r in results if r.outcome == "fail"]
     if failed:
         lines = "\n".join(f"  {r.line()}" for r in failed)
@@ -368,6 +378,27 @@ def _open_candidate(name: str, path: Path, manifest: Manifest, device: str, thre
     return subject
 
 
+def _open_yardstick(name: str, reference: Subject, export_dir: Path | None, device: str, threads: int,
+                    probe: np.ndarray) -> Subject:
+    """A yardstick (`yardsticks.YARDSTICKS`) as a subject: timed like a candidate, never the reference."""
+    from vitedge.validate.yardsticks import YARDSTICKS, Sources
+
+    yardstick = YARDSTICKS[name]
+    export_onnx = None
+    if export_dir is not None:
+        from vitedge.backends.base import artifact_path
+
+        export_onnx = artifact_path(export_dir, Manifest.load(export_dir))
+    run_device = "cpu" if yardstick.backend == "openvino" else device
+    with ui.Step(f"loading the yardstick {name}"):
+        runner, load_s, before = _measure_load(yardstick.backend, run_device, lambda: yardstick.open(
+            Sources(getattr(reference.runner, "module", None), export_onnx, run_device, threads)))
+        subject = Subject(name, "yardstick", yardstick.what, yardstick.backend, name,
+                          str(runner.info.get("precision_run", "fp32")), runner, runner.infer, 0, load_s)
+        _first_inference(subject, probe, before, run_device)
+    return subject
+
+
 def _drift_logits(subjects: list[Subject], x: np.ndarray) -> None:
     """Logits of every subject on every validation image."""
     chunks = [(s, start) for s in subjects for start in range(0, len(x), s.fixed_batch or DRIFT_BATCH)]
@@ -414,7 +445,7 @@ def _check_reference(subjects: list[Subject], ref_dir: Path | None, manifests: d
     the export run through ONNX Runtime FP32 when no FP32 candidate is benched."""
     reference = subjects[0]
     assert reference.logits is not None
-    compared = [(s.name, s.source, s.logits) for s in subjects[1:] if s.precision == "fp32"]
+    compared = [(s.name, s.source, s.logits) for s in subjects[1:] if s.precision == "fp32" and s.role == "candidate"]
     if not compared:
         export_dir = _export_dir(ref_dir, manifests)
         if export_dir is None:
