@@ -24,6 +24,7 @@ from vitedge.errors import ArtifactIncomplete, BadInput, VitedgeError
 from vitedge.fsutil import (
     StepState,
     check_output_dir,
+    not_found,
     output_lock,
     sha256_file,
     sha256_json,
@@ -257,7 +258,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read, override and validate a recipe; every path in the result is absolute."""
     path = Path(path)
     if not path.is_file():
-        raise BadInput(f"recipe {path} does not exist")
+        raise not_found(path, "recipe")
     if path.stat().st_size > MAX_RECIPE_BYTES:
         raise BadInput(f"recipe {path} is {path.stat().st_size / 1e6:.1f} MB; a recipe is at most "
                        f"{MAX_RECIPE_BYTES >> 20} MB")

@@ -31,6 +31,7 @@ from vitedge.fsutil import (
     atomic_dir,
     check_output_dir,
     output_lock,
+    remove_own,
     sha256_json,
     write_json_atomic,
     write_text_atomic,
@@ -485,7 +486,7 @@ def _tune(export_dir: Path, out: Path, export: Manifest, targets: list[str], lab
     if chosen is not None:
         _write_best(out, chosen, result)
     elif (out / BEST_DIR / MANIFEST_NAME).is_file() and "tune" in Manifest.load(out / BEST_DIR):
-        shutil.rmtree(out / BEST_DIR)  # a choice of an earlier run that no longer holds
+        remove_own(out / BEST_DIR)  # a choice of an earlier run that no longer holds
     write_json_atomic(out / TUNE_FILE, result)
     _write_html(report, result, out / REPORT_DIR)
     if chosen is None:
@@ -504,6 +505,7 @@ def _check_inputs(export_dir: Path, out: Path, data: str | Path, calib: str | Pa
     """Every flag problem before any work: (export manifest, targets, labelled data?, gates)."""
     from vitedge.backends import all_backends
     from vitedge.data import open_image_set
+    from vitedge.limits import check_bench_memory
 
     export = _check_export(export_dir)
     from vitedge.backends.pytorch import check_source_trusted
@@ -527,7 +529,9 @@ def _check_inputs(export_dir: Path, out: Path, data: str | Path, calib: str | Pa
         raise BadInput(f"--batch takes positive integers, got {list(batches)}")
     if budget_minutes is not None and budget_minutes <= 0:
         raise BadInput(f"--budget-minutes must be positive, got {budget_minutes}")
-    labelled = open_image_set(data, export.labels).labelled
+    image_set = open_image_set(data, export.labels)
+    labelled = image_set.labelled
+    check_bench_memory(export, len(image_set), batches, runners=1 + 2 * len(targets))
     check_output_dir(out, "run", force=force, inputs=[export_dir, data, *([calib] if calib else [])])
     return export, targets, labelled, list(gates) or list(DEFAULT_GATES_LABELLED if labelled
                                                          else DEFAULT_GATES_UNLABELLED)
@@ -738,7 +742,7 @@ def _why(chosen: Candidate | None, built: list[Candidate]) -> str:
 def _write_best(out: Path, chosen: Candidate, result: dict[str, Any]) -> None:
     """OUT/best/: a copy of the chosen artifact whose manifest says why it was chosen."""
     source = out / CANDIDATES_DIR / chosen.name
-    with atomic_dir(out / BEST_DIR, kind="compiled") as tmp:
+    with atomic_dir(out / BEST_DIR, kind="compiled", force=True) as tmp:  # keeps files vitedge did not write
         shutil.copytree(source, tmp, dirs_exist_ok=True)
         manifest = Manifest.load(tmp)
         manifest["tune"] = {"chosen": chosen.name, "why": result["why"], "gates": result["gates"],
