@@ -273,6 +273,6 @@ def unreliable_epilogue(report: dict[str, Any] | None, out_dir: str | Path | Non
     if files:
         lines.append(f"reports: {', '.join(files.values())}")
     lines.append("to measure speed again: re-run this command on a quiet machine (nothing else running; "
-                 "finished steps are reused), or raise the bench's iters (--iters, or `--set bench.iters=100` "
-                 "for a recipe)")
+                 "a recipe reuses its finished steps), or with more timed runs (--iters, or "
+                 "`--set bench.iters=100` for a recipe)")
     return "\n".join(lines)
