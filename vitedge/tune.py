@@ -531,7 +531,7 @@ def _check_inputs(export_dir: Path, out: Path, data: str | Path, calib: str | Pa
         raise BadInput(f"--budget-minutes must be positive, got {budget_minutes}")
     image_set = open_image_set(data, export.labels)
     labelled = image_set.labelled
-    check_bench_memory(export, len(image_set), batches, runners=1 + 2 * len(targets))
+    check_bench_memory(export, len(image_set), batches, runners=1 + len(targets))  # at least one candidate each
     check_output_dir(out, "run", force=force, inputs=[export_dir, data, *([calib] if calib else [])])
     return export, targets, labelled, list(gates) or list(DEFAULT_GATES_LABELLED if labelled
                                                          else DEFAULT_GATES_UNLABELLED)
