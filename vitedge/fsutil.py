@@ -390,9 +390,8 @@ def atomic_dir(out_dir: str | Path, *, kind: str = "export", force: bool = False
 
 def _say_forced(out_dir: Path, replaced: Sequence[str], kept: Sequence[str], verb: str = "replaced") -> None:
     """One line (not with --quiet): what a forced write replaced and what it left alone."""
-    from rich.markup import escape
-
     from vitedge import ui
+    from vitedge.ui import escape
 
     parts = [f"{verb} {len(replaced)} file(s) ({_some(replaced)})" if replaced else f"{verb} nothing",
              f"kept {len(kept)} file(s) vitedge did not write ({_some(kept)})" if kept else ""]
@@ -536,6 +535,6 @@ class StepState:
         self.steps[step] = {"input_hash": input_hash, "seconds": round(seconds, 2),
                             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        from vitedge import __version__
+        from vitedge._version import __version__
 
         write_json_atomic(self.path, {"vitedge_version": __version__, "steps": self.steps})
