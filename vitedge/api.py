@@ -76,7 +76,12 @@ def export(
         module = loaded.module
         params = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) \
             if hasattr(module, "parameters") else 0
-        check_free_space(out_dir, 2 * params + (32 << 20), f"the export of {model}")
+        # model.onnx holds the weights once; its temp twin and the graph's protobuf add about as much
+        check_free_space(out_dir, 2 * params + (1 << 20), f"the export of {model}")
+        from vitedge.limits import check_export_memory
+
+        check_export_memory(module, loaded.preprocessing.input_size, params,
+                            32 if batch == "dynamic" else int(batch))
         return export_model(loaded, out_dir, opset=opset, batch=batch,
                             data=str(data) if data else None, atol=atol, force=force)
 

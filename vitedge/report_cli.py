@@ -244,3 +244,35 @@ def print_tune_summary(result: dict[str, Any]) -> None:
     if result["best_dir"]:
         console.print(f"best artifact: {escape(result['best_dir'])}; report: "
                          f"{escape(str(Path(result['report_dir']) / 'report.html'))}")
+
+
+def unreliable_epilogue(report: dict[str, Any] | None, out_dir: str | Path | None = None) -> str:
+    """What a run whose only undecided gates are speed gates still delivered, for the lines that
+    end its output (the exit code stays 5): the accuracy gates passed, where the artifacts and
+    reports are, and how to measure speed again. Empty when a gate failed or an accuracy gate
+    is itself undecided."""
+    from vitedge.validate.gates import METRICS, PER_BATCH
+
+    if not report or not report.get("gates") or not all(isinstance(g, dict) for g in report["gates"]):
+        return ""
+
+    def speed(gate: dict[str, Any]) -> bool:
+        metrics = [gate.get("metric"), (gate.get("other") or {}).get("metric")]
+        return any(m in METRICS and METRICS[m].group in PER_BATCH for m in metrics)
+
+    gates = report["gates"]
+    if any(outcome(g) == "fail" or (outcome(g) == "unreliable" and not speed(g)) for g in gates):
+        return ""
+    accuracy = [g for g in gates if not speed(g) and outcome(g) != "skipped"]
+    passed = sum(outcome(g) == "pass" for g in accuracy)
+    lines = [f"accuracy gates: {passed} of {len(accuracy)} passed; only speed was undecided (this machine "
+             "was busy or the runs too few), so the artifacts are usable"]
+    files = report.get("files") or {}
+    if out_dir is not None:
+        lines.append(f"artifacts: {Path(out_dir) / 'artifacts'}/ (export: {Path(out_dir) / 'export'}/)")
+    if files:
+        lines.append(f"reports: {', '.join(files.values())}")
+    lines.append("to measure speed again: re-run this command on a quiet machine (nothing else running; "
+                 "a recipe reuses its finished steps), or with more timed runs (--iters, or "
+                 "`--set bench.iters=100` for a recipe)")
+    return "\n".join(lines)

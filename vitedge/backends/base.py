@@ -198,6 +198,15 @@ def compile_backends() -> dict[str, Backend]:
     return {name: b for name, b in all_backends().items() if type(b).compile is not Backend.compile}
 
 
+def compile_backend(name: str) -> Backend:
+    """The backend `--target NAME` compiles with; BadInput listing the compile targets otherwise."""
+    backends = compile_backends()
+    if name not in backends:
+        what = "runs artifacts but does not compile" if name in all_backends() else "is not a known target"
+        raise BadInput(f"--target {name!r} {what}; compile targets are {', '.join(sorted(backends))}")
+    return backends[name]
+
+
 def backend_for_target(target: str) -> Backend:
     """The backend that runs an artifact whose manifest says TARGET ("onnx": an export dir)."""
     for backend in all_backends().values():
