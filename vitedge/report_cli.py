@@ -162,7 +162,9 @@ def print_compile_summary(manifest: Manifest, out_dir: str | Path) -> None:
             table.add_row(str(count), dtype, escape(reason))
         out.print(table)
     val = manifest.get("validation")
-    if val:
+    if val and "skipped" in val:
+        out.print(f"  validation: not run here ({escape(val['skipped'])})", soft_wrap=True)
+    elif val:
         line = (f"  validation ({val['samples']} images vs FP32 ONNX): top-1 agreement {val['top1_agreement']:.4f}, "
                 f"max abs err {val['max_abs_err']:.3g}")
         if "top1_acc" in val:

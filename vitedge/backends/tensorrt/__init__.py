@@ -68,6 +68,13 @@ class TensorRTBackend(Backend):
             return Availability(True, libs.version_of(libs.RTX))
         return self._availability(libs.TENSORRT)
 
+    def cannot_run_here(self, manifest: Manifest) -> str | None:
+        built = manifest.get("tensorrt", {})
+        if built.get("library") == libs.RTX:
+            refusal = libs.load_refusal(built, detect_gpus(), 0, libs.version_of(libs.RTX))
+            return refusal[1] if refusal else None
+        return super().cannot_run_here(manifest)
+
     def _availability(self, library: str) -> Availability:
         info = self.engine_libraries()[library]
         if not info["version"]:
