@@ -99,10 +99,15 @@ def _build_rtx(trt: Any, builder: Any, network: Any, config: Any, engine_path: P
     gpus = detect_gpus()
     if archs is None and not gpus:
         archs = list(libs.DEFAULT_RTX_ARCHS)
+    request = "--gpu-arch"
     if archs is None:  # the GPU this runs on, whatever it is (an H100 builds, and loading says why not)
-        config.num_compute_capabilities = 1
-        config.set_compute_capability(trt.ComputeCapability.CURRENT, 0)
         targets = [gpus[0]["compute_capability"]]
+        if libs.rtx_runs_on(targets[0]):
+            config.num_compute_capabilities = 1
+            config.set_compute_capability(trt.ComputeCapability.CURRENT, 0)
+            request = "CURRENT"
+        else:  # not a TensorRT-RTX target: the builder's default, as it built on an H100 (1.7.1.116)
+            request = "builder default"
     else:
         config.num_compute_capabilities = len(archs)
         for i, cc in enumerate(archs):
@@ -125,6 +130,7 @@ def _build_rtx(trt: Any, builder: Any, network: Any, config: Any, engine_path: P
         {"device": "cpu", "ahead_of_time": True, "cpu": cpu_info()["model"]})
     return {"library": libs.RTX, "library_version": trt.__version__,
             "library_package": _rtx_package(), "target_compute_capabilities": targets,
+            "compute_capability_request": request,
             "built_on": built_on, "engine": engine, "build_seconds": round(seconds, 2),
             "build_peak_rss_mib": peak.mib, "strongly_typed": True, "tf32": False,
             "runtime_cache": {"file": libs.RUNTIME_CACHE, "hashed": False,
