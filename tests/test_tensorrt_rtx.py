@@ -27,22 +27,25 @@ ARCHS = "sm86,sm120"
 NO_GPU = not detect_gpus()
 
 
-@pytest.fixture(scope="module")
-def qdq_graph(demo_export: Path, digits_calib: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ModelOpt/QAT-style pre-quantized graph of the demo (FP32 weights -> Q -> DQ), as
+def _qdq_graph(export: Path, calib: Path, folder: Path) -> Path:
+    """A ModelOpt/QAT-style pre-quantized graph of EXPORT (FP32 weights -> Q -> DQ), as
     test_trt_int8_plans.py makes it."""
     from test_trt_int8_plans import _float_weight_form
 
     from vitedge.data import load_tensors, open_image_set
     from vitedge.precision.int8 import quantize_qdq
 
-    manifest = Manifest.load(demo_export)
-    x = load_tensors(open_image_set(digits_calib, manifest.labels).subset(64, 0), manifest.preprocessing).x
-    folder = tmp_path_factory.mktemp("qdq")
-    quantize_qdq(demo_export / "model.onnx", folder / "ort.onnx", x, method="minmax")
+    manifest = Manifest.load(export)
+    x = load_tensors(open_image_set(calib, manifest.labels).subset(32, 0), manifest.preprocessing).x
+    quantize_qdq(export / "model.onnx", folder / "ort.onnx", x, method="minmax")
     model = _float_weight_form(onnx.load(str(folder / "ort.onnx")))
     onnx.save(model, str(folder / "qat.onnx"))
     return folder / "qat.onnx"
+
+
+@pytest.fixture(scope="module")
+def qdq_graph(demo_export: Path, digits_calib: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _qdq_graph(demo_export, digits_calib, tmp_path_factory.mktemp("qdq"))
 
 
 PLANS = {
@@ -57,9 +60,12 @@ PLANS = {
 @pytest.mark.parametrize("plan", list(PLANS))
 def test_every_plan_builds_a_real_engine_for_two_compute_capabilities(
         cli, demo_export: Path, digits_calib: Path, qdq_graph: Path, tmp_path: Path, plan: str) -> None:
-    out = tmp_path / plan
-    flags = [f.format(calib=digits_calib, qdq=qdq_graph) for f in PLANS[plan]]
-    r = cli("compile", demo_export, "--target", "tensorrt", *flags, "--gpu-arch", ARCHS, "-o", out)
+    _build_and_check(cli, demo_export, digits_calib, qdq_graph, tmp_path / plan, plan, min_bytes=100_000)
+
+
+def _build_and_check(cli, export: Path, calib: Path, qdq: Path, out: Path, plan: str, min_bytes: int) -> None:
+    flags = [f.format(calib=calib, qdq=qdq) for f in PLANS[plan]]
+    r = cli("compile", export, "--target", "tensorrt", *flags, "--gpu-arch", ARCHS, "-o", out)
     assert r.code == 0, r.text
     manifest = Manifest.load(out)
     manifest.verify_files(out)
@@ -67,7 +73,7 @@ def test_every_plan_builds_a_real_engine_for_two_compute_capabilities(
     engine = out / "model.engine"
     data = engine.read_bytes()
     built = manifest["tensorrt"]
-    assert data.startswith(libs.RTX_ENGINE_MAGIC) and len(data) > 100_000
+    assert data.startswith(libs.RTX_ENGINE_MAGIC) and len(data) > min_bytes
     assert built["engine"] == {"file": "model.engine", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     assert manifest["files"]["model.engine"] == built["engine"]["sha256"]
     assert built["library"] == "tensorrt-rtx" and built["library_version"] == trt.__version__
@@ -80,9 +86,32 @@ def test_every_plan_builds_a_real_engine_for_two_compute_capabilities(
     assert built["runtime_cache"]["hashed"] is False and built["runtime_cache"]["file"].startswith(".")
     assert "TensorRT-RTX" in r.out and "compute capability 8.6, 12.0" in " ".join(r.out.split())
     if plan == "int8-quantized":
-        assert manifest["quantized_import"]["profile"]["qdq_nodes"] == 3 * 18 + 18
+        weights = sum(n.name.endswith("_weight_q") for n in onnx.load(str(qdq)).graph.node)  # 18 in the demo
+        assert manifest["quantized_import"]["profile"]["qdq_nodes"] == 4 * weights  # activation Q/DQ, weight Q+DQ
     elif plan.startswith("int8"):
         assert manifest["int8_plans"]["chosen"] == plan.split("-")[1]
+    print(f"\n{manifest['source'].get('spec')} {plan}: engine {len(data) / 1e6:.2f} MB, built in "
+          f"{built['build_seconds']} s, peak RSS {built['build_peak_rss_mib']} MiB; compile "
+          f"{manifest['compile']['seconds']} s")
+
+
+@pytest.fixture(scope="module")
+def vit_small(digits_calib: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """timm ViT-S/16 at 224, RANDOM INIT (labelled in its manifest: accuracy meaningless), and its Q/DQ graph."""
+    from vitedge import api
+
+    folder = tmp_path_factory.mktemp("vits")
+    api.export("timm:vit_small_patch16_224", folder / "export", num_classes=10, random_init_seed=0)
+    assert Manifest.load(folder / "export")["source"]["weights_origin"] == "random-init"
+    return folder / "export", _qdq_graph(folder / "export", digits_calib, folder)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plan", list(PLANS))
+def test_vit_small_random_init_builds_every_plan(cli, vit_small: tuple[Path, Path], digits_calib: Path,
+                                                 tmp_path: Path, plan: str) -> None:
+    export, qdq = vit_small
+    _build_and_check(cli, export, digits_calib, qdq, tmp_path / plan, plan, min_bytes=10_000_000)
 
 
 def test_default_targets_without_a_gpu_and_cli_exit_zero(cli, demo_export: Path, tmp_path: Path) -> None:

@@ -191,4 +191,4 @@ def validity_problem(trt: Any, runtime: Any, data: bytes) -> str | None:
         return None
     flags = [member.name.lower().replace("_", " ") for member in trt.EngineInvalidityDiagnostics.__members__.values()
              if int(diagnostics) & int(member)]
-    return ", ".join(flags) or "invalid (no diagnostic given)"
+    return ", ".join(flags) or None  # INVALID without a diagnostic (seen with no GPU): deserialize decides
