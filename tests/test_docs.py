@@ -26,8 +26,9 @@ def _modules() -> dict[str, Path]:
 
 def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
     """vitedge modules PATH imports, at module level or inside functions (a lazy import still
-    ties the two together). `from vitedge import __version__` is not an edge: it is a constant
-    the root defines before anything else."""
+    ties the two together). `from vitedge import X` for a name that is not a submodule is an
+    edge to the package root, which nothing inside the package may import (the version lives
+    in `vitedge._version`)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -37,7 +38,7 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
                 submodule = f"{node.module}.{alias.name}"
                 if submodule in modules:
                     found.add(submodule)
-                elif not (node.module == "vitedge" and alias.name == "__version__"):
+                else:
                     found.add(node.module)  # type: ignore[arg-type]
     return found - {_module_name(path)}
 

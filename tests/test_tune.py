@@ -111,7 +111,7 @@ def test_alpha_and_throughput_variants_have_distinct_names_and_duplicates_are_sk
     assert again.status == "skipped" and again.reason == ("the same target, precision and options as "
                                                           "openvino-int8-throughput")
     assert all(c.status == "planned" for c in everything if c.precision == "int8")
-    assert knob_set(True) == {"keep_float", "smoothquant_alpha", "throughput"} and knob_set(False) == set()
+    assert knob_set(True) == {"keep_float", "smoothquant_alpha", "throughput", "amx"} and knob_set(False) == set()
     with pytest.raises(BadInput, match="unknown knob"):
         knob_set(["streams"])
 

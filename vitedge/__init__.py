@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
+from vitedge._version import __version__
 from vitedge.telemetry import decline_vendor_telemetry  # noqa: E402 - before OpenVINO/NNCF load
 
 decline_vendor_telemetry()
@@ -39,8 +38,8 @@ def compile(export_dir: Any, out_dir: Any, **kwargs: Any) -> Any:  # noqa: A001 
 
 
 def bench(artifacts: Any, **kwargs: Any) -> Any:
-    """Drift + latency vs the PyTorch reference; returns the report (see `vitedge.api.bench`)."""
-    from vitedge.api import bench as _bench
+    """Drift + latency vs the PyTorch reference; returns the report (see `vitedge.validate.bench.bench`)."""
+    from vitedge.validate.bench import bench as _bench
 
     return _bench(artifacts, **kwargs)
 

@@ -1,7 +1,8 @@
-"""The library functions the CLI, recipes and apps call: export, compile, bench, inspect, doctor.
+"""The library functions the CLI, recipes and apps call: export, compile, inspect, doctor.
 
-`vitedge.load` (the embedding API for device apps) lives in `runtime.py`; `vitedge/__init__`
-re-exports both, so apps and notebooks need no CLI.
+`vitedge.load` (the embedding API for device apps) lives in `runtime.py` and `bench` in
+`validate/bench.py` (a layer above, since bench loads artifacts and builds the reference);
+`vitedge/__init__` re-exports them, so apps and notebooks need no CLI.
 """
 
 from __future__ import annotations
@@ -104,34 +105,6 @@ def compile(
     return compile_artifact(export_dir, out_dir, target=target, precision=precision, calib=calib,
                             calib_size=calib_size, calib_method=calib_method, seed=seed, val=val, extra=options,
                             force=force)
-
-
-def bench(
-    artifacts: str | Path | list[str | Path],
-    *,
-    reference: str | Path,
-    data: str | Path,
-    batches: tuple[int, ...] | list[int] = (1, 8),
-    gates: tuple[str, ...] | list[str] = (),
-    report_dir: str | Path | None = None,
-    device: str = "cpu",
-    max_images: int | None = None,
-    warmup: int = 5,
-    iters: int = 30,
-    threads: int | None = None,
-    trust_source: bool = False,
-    force: bool = False,
-) -> dict[str, Any]:
-    """Drift and latency of ARTIFACTS vs the PyTorch FP32 REFERENCE on DATA (as `vitedge bench`).
-
-    Returns the report (report.json's content); raises `GateFailed` when a gate fails.
-    """
-    from vitedge.validate.bench import run_bench
-
-    paths = [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
-    return run_bench(paths, reference=reference, data=data, batches=list(batches), gates=list(gates),
-                     report_dir=report_dir, device=device, max_images=max_images, warmup=warmup, iters=iters,
-                     threads=threads, trust_source=trust_source, force=force)
 
 
 def inspect(artifact_dir: str | Path) -> Manifest:

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from vitedge import __version__, ui
+from vitedge import ui
+from vitedge._version import __version__
 from vitedge.errors import VitedgeError
 
 app = typer.Typer(
@@ -229,13 +230,18 @@ def bench(
     trust_source: Annotated[bool, typer.Option(
         help="Let --reference DIR rebuild a source that runs code (.pt2, TorchScript, module:factory).")] = False,
     force: Annotated[bool, typer.Option(help="Write reports into --report DIR though it holds other files.")] = False,
+    yardstick: Annotated[list[str] | None, typer.Option(
+        help="Also time what a user gets without vitedge, reported as ratios and nameable in gates "
+             "(repeatable or comma-separated): openvino-default, pytorch-bf16, pytorch-compile, "
+             "pytorch-compile-bf16.")] = None,
 ) -> None:
     """Accuracy drift and latency of artifacts vs the PyTorch reference, with gates and reports."""
     from vitedge.validate.bench import run_bench
 
     _shown(lambda: run_bench(artifacts, reference=reference, data=data, batches=_csv_ints(batch, "--batch"),
                              gates=gate or [], report_dir=report, device=device, max_images=max_images,
-                             warmup=warmup, iters=iters, threads=threads, trust_source=trust_source, force=force))
+                             warmup=warmup, iters=iters, threads=threads, trust_source=trust_source, force=force,
+                             yardsticks=[n.strip() for v in yardstick or [] for n in v.split(",") if n.strip()]))
 
 
 def _shown(call: typing.Callable[[], Any]) -> None:
@@ -270,7 +276,14 @@ def tune(
     budget_minutes: Annotated[float | None, typer.Option(
         help="Stop building candidates after N minutes and choose among those built.")] = None,
     knobs: Annotated[str | None, typer.Option(
-        help="Knob variants to try: keep_float,smoothquant_alpha,throughput (default all), or none.")] = None,
+        help="Knob variants to try: keep_float,smoothquant_alpha,throughput,amx (default all), or none.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for every runner (default: all cores).")] = None,
+    iters: Annotated[int, typer.Option(help="Timed runs per candidate and batch.")] = 30,
+    max_images: Annotated[int | None, typer.Option(help="Validate on at most N images (seeded).")] = None,
+    yardstick: Annotated[str | None, typer.Option(
+        help="What the pick is compared with besides PyTorch FP32 (comma-separated): openvino-default, "
+             "pytorch-bf16, pytorch-compile, pytorch-compile-bf16; default openvino-default (where OpenVINO "
+             "runs) and pytorch-bf16 (CPUs with bf16), or none.")] = None,
     trust_source: Annotated[bool, typer.Option(
         help="Let the reference rebuild an export whose source runs code (.pt2, TorchScript, factory).")] = False,
     force: Annotated[bool, typer.Option(help="Write into OUT even when it is not a previous tune's output.")] = False,
@@ -281,7 +294,8 @@ def tune(
     _shown(lambda: run_tune(export_dir, out, data=data, calib=calib, targets=_csv_words(targets),
                             precisions=_csv_words(precisions), gates=gate or [], batches=_csv_ints(batch, "--batch"),
                             budget_minutes=budget_minutes, trust_source=trust_source, force=force,
-                            knobs=_knob_words(knobs)))
+                            knobs=_knob_words(knobs), threads=threads, iters=iters, max_images=max_images,
+                            yardsticks=None if yardstick is None else _knob_words(yardstick) or []))
 
 
 def _knob_words(text: str | None) -> bool | list[str]:

@@ -432,6 +432,6 @@ class StepState:
         self.steps[step] = {"input_hash": input_hash, "seconds": round(seconds, 2),
                             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        from vitedge import __version__
+        from vitedge._version import __version__
 
         write_json_atomic(self.path, {"vitedge_version": __version__, "steps": self.steps})

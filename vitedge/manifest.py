@@ -40,7 +40,7 @@ class Manifest(dict):
 
     @classmethod
     def new(cls, kind: str, **fields: Any) -> "Manifest":
-        from vitedge import __version__
+        from vitedge._version import __version__
 
         m = cls(
             schema_version=SCHEMA_VERSION,

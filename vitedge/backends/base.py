@@ -38,10 +38,14 @@ class Availability:
     @classmethod
     def of_package(cls, package: str, install: str) -> "Availability":
         """Usable when PACKAGE is installed (its version), else why not and INSTALL to fix it."""
-        from vitedge.envinfo import package_version
+        # importlib.metadata, not envinfo.package_version: envinfo asks torch about GPUs, and
+        # the runtime (which imports this module) must not import torch (pyproject's contracts).
+        from importlib import metadata
 
-        version = package_version(package)
-        return cls(True, version) if version else cls(False, None, f"{package} is not installed", install)
+        try:
+            return cls(True, metadata.version(package))
+        except metadata.PackageNotFoundError:
+            return cls(False, None, f"{package} is not installed", install)
 
 
 class Runner(ABC):

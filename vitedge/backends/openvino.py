@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ _LAYOUT_LAYERS = frozenset({"Input", "Output", "Const", "Reorder", "Reshape", "T
                             "StridedSlice", "Squeeze", "Unsqueeze", "Convert"})
 _MATMUL_LAYERS = frozenset({"FullyConnected", "MatMul", "Convolution", "Subgraph", "ScaledAttn"})
 _NNCF_RANGES = {"nncf": None, "minmax": "MINMAX", "percentile": "MEAN_QUANTILE"}
+ATTENTION_CHOICES = ("int8", "float")
+_ATTENTION_FLOAT_REASON = ("attention MatMul kept float (--attention float): OpenVINO's float attention kernel "
+                           "is faster than its INT8 one on AMX")
 
 
 def _ov() -> Any:
@@ -101,29 +105,96 @@ def _resolved(compiled: Any) -> dict[str, Any]:
 
 
 class OpenVINORunner(Runner):
-    """A compiled OpenVINO model with one infer request; records what precision really runs."""
+    """A compiled OpenVINO model with one infer request; records what precision really runs.
+
+    STATIC (`--shapes static`): the model is reshaped to each input shape and compiled for it on
+    first use (at most MAX_SHAPES kept, least recently used dropped): OpenVINO's CPU plugin runs
+    static shapes faster than a dynamic batch, most of all for INT8 with a bf16 float remainder,
+    whose dynamic-shape graph is cut by reorders (ViT-S/16 b8, 4 threads on an AMX Xeon: 64 ms
+    static vs 84 ms dynamic).
+    """
 
     name = "openvino"
+    MAX_SHAPES = 4
 
-    def __init__(self, model_xml: Path, properties: dict[str, Any], device: str = "CPU") -> None:
+    def __init__(self, model_xml: Path, properties: dict[str, Any], device: str = "CPU",
+                 static: bool = False) -> None:
         super().__init__()
         ov = _ov()
-        core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(model_xml)), device, properties)
-        self.request = self.compiled.create_infer_request()
+        self.core = ov.Core()
+        self.model = self.core.read_model(str(model_xml))
+        self.properties, self.device, self.static = properties, device, static
+        self._by_shape: OrderedDict[tuple[int, ...], tuple[Any, Any]] = OrderedDict()
+        if static:
+            shape = [1, *[d.get_length() if d.is_static else 224 for d in self.model.inputs[0].get_partial_shape()][1:]]
+            self.compiled, self.request = self._compile_for(tuple(shape))
+        else:
+            self.compiled = self.core.compile_model(self.model, device, properties)
+            self.request = self.compiled.create_infer_request()
         resolved = _resolved(self.compiled)
         self.info = {"backend": "openvino", "device": device.lower(),
                      "precision_run": resolved["inference_precision"], "threads": resolved["threads"],
                      "streams": resolved["streams"], "performance_hint": resolved["performance_hint"],
-                     "properties": properties}
+                     "properties": properties, "shapes": "static" if static else "dynamic"}
+
+    def _compile_for(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        """The compiled model and request for one static input SHAPE (compiled on first use)."""
+        if shape in self._by_shape:
+            self._by_shape.move_to_end(shape)
+            return self._by_shape[shape]
+        self.model.reshape({self.model.inputs[0].get_any_name(): list(shape)})
+        compiled = self.core.compile_model(self.model, self.device, self.properties)
+        self._by_shape[shape] = (compiled, compiled.create_infer_request())
+        while len(self._by_shape) > self.MAX_SHAPES:
+            self._by_shape.popitem(last=False)
+        return self._by_shape[shape]
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        self.request.infer({0: x})
-        return self.request.get_output_tensor(0).data.copy()
+        request = self._compile_for(tuple(x.shape))[1] if self.static else self.request
+        request.infer({0: x})
+        return request.get_output_tensor(0).data.copy()
 
     def close(self) -> None:
         self.request = None
         self.compiled = None
+        self._by_shape.clear()
+
+
+def default_runner(onnx_path: Path, threads: int | None = None) -> OpenVINORunner:
+    """The yardstick "OpenVINO default": what `ov.Core().compile_model("model.onnx", "CPU")` gives a
+    user for free (default properties: bf16 on CPUs with AMX or AVX-512 BF16), with only the thread
+    budget set so that every runner bench times has the same cores."""
+    runner = OpenVINORunner(onnx_path, {"INFERENCE_NUM_THREADS": int(threads)} if threads else {})
+    runner.info["yardstick"] = "OpenVINO default: the FP32 ONNX, default properties"
+    return runner
+
+
+def perf_profile(model_path: Path, properties: dict[str, Any], batch: int, iters: int = 10,
+                 static: bool = False) -> list[dict[str, Any]]:
+    """Where an OpenVINO model's time goes: its per-node performance counters (PERF_COUNT) at BATCH,
+    summed over ITERS runs by node type and kernel (the kernel name carries the precision it ran
+    in, e.g. brgemm_avx512_amx_I8), ms per run, most expensive first."""
+    props = {**properties, "PERF_COUNT": True}
+    runner = OpenVINORunner(model_path, props, static=static)
+    shape = [batch, *[d.get_length() if d.is_static else 224
+                      for d in runner.model.inputs[0].get_partial_shape()][1:]]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    totals: dict[tuple[str, str], list[float]] = {}
+    try:
+        for i in range(iters + 2):
+            runner.infer(x)
+            if i < 2:
+                continue  # warm-up
+            request = runner._compile_for(tuple(shape))[1] if static else runner.request
+            for info in request.profiling_info:
+                key = (info.node_type, info.exec_type)
+                row = totals.setdefault(key, [0.0, 0])
+                row[0] += info.real_time.total_seconds() * 1e3 / iters
+                row[1] += 1
+    finally:
+        runner.close()
+    rows = [{"node_type": k[0], "kernel": k[1], "ms": v[0], "nodes": v[1] // iters} for k, v in totals.items()]
+    return sorted(rows, key=lambda r: -r["ms"])
 
 
 def _module_map(onnx_path: Path) -> dict[str, str | None]:
@@ -157,7 +228,7 @@ def ov_module_map(ov_model: Any, onnx_modules: dict[str, str | None]) -> dict[st
 
 def runtime_plan(compiled: Any, modules: dict[str, str | None], precision: str,
                  ignored: set[str], accuracy_control: bool,
-                 kept_float: dict[str, str] | None = None) -> list[dict[str, Any]]:
+                 kept_float: dict[str, str] | None = None, attention_float: bool = False) -> list[dict[str, Any]]:
     """Every compute node of the compiled runtime graph with the precision it really runs in.
 
     MODULES maps OpenVINO op names to PyTorch modules (`ov_module_map`); IGNORED holds the op
@@ -175,7 +246,10 @@ def runtime_plan(compiled: Any, modules: dict[str, str | None], precision: str,
         names = [n for n in rt["originalLayersNames"].astype(str).split(",") if n]
         module = next((modules[n] for n in names if modules.get(n)), None)
         dtype = precision_word(rt["runtimePrecision"].astype(str))
-        if dtype == "int8":
+        if dtype == "int8" and layer == "Subgraph" and attention_float:
+            reason = (f"attention in {hint} (--attention float); OpenVINO fused the next MatMul's INT8 input "
+                      "quantizer into its output")
+        elif dtype == "int8":
             reason = ("INT8 attention (NNCF quantizes the SDPA inputs)" if layer == "Subgraph"
                       else "INT8 (NNCF: per-channel weights, per-tensor activations)")
         elif precision != "int8":
@@ -269,6 +343,38 @@ class SchemeFloat:
                 reasons[op.get_friendly_name()] = f"kept float by the {scheme.kind} INT8 scheme"
         return cls(sorted(below), types, reasons)
 
+    def with_names(self, names: list[str], reason: str) -> "SchemeFloat":
+        """This scheme with NAMES kept float too, for REASON."""
+        return SchemeFloat(sorted({*self.names, *names}), self.types,
+                           {**self.reasons, **{name: reason for name in names}})
+
+
+def attention_matmuls(ov_model: Any) -> list[str]:
+    """Attention's ops in OV_MODEL: ScaledDotProductAttention (the ONNX frontend fuses exported attention
+    into it) and MatMuls whose two inputs are activations (an unfused q@kT and attn@v), also on
+    a quantized or weight-compressed model (weights behind FakeQuantize or Convert/Subtract/Multiply)."""
+    path_ops = (*_WEIGHT_PATH_OPS, "FakeQuantize", "Subtract", "Multiply")
+
+    def constant(node: Any, depth: int = 0) -> bool:
+        if node.get_type_name() == "Constant":
+            return True
+        if node.get_type_name() not in path_ops or depth > 8:
+            return False
+        return all(constant(v.get_node(), depth + 1) for v in node.input_values())
+
+    return [op.get_friendly_name() for op in ov_model.get_ordered_ops()
+            if op.get_type_name() == "ScaledDotProductAttention"  # OpenVINO's fused attention op
+            or (op.get_type_name() == "MatMul" and not any(constant(op.input_value(i).get_node()) for i in range(2)))]
+
+
+def plan_counts(plan: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Nodes of a runtime precision plan counted by op type and the precision they ran in."""
+    counts: dict[str, dict[str, int]] = {}
+    for row in plan:
+        by_dtype = counts.setdefault(row["op"], {})
+        by_dtype[row["dtype"]] = by_dtype.get(row["dtype"], 0) + 1
+    return counts
+
 
 @contextlib.contextmanager
 def _nncf_output() -> Iterator[None]:
@@ -299,6 +405,15 @@ class OpenVINOOptions(Options):
                                     rule="an absolute top-1 drop in (0, 1), e.g. 0.005")
     ignored_scope: list[str] = ignored_scope_option()
     smoothquant_alpha: float | None = smoothquant_alpha_option()
+    attention: str = option("int8", "INT8: quantize attention's activation x activation MatMuls (int8, NNCF's "
+                            "TRANSFORMER default) or keep them float (float: OpenVINO's bf16/f32 attention kernel, "
+                            "faster than its INT8 one on AMX).", choices=ATTENTION_CHOICES)
+    float_precision: str = option("f32", "INT8: the precision of what stays float (LayerNorm, Softmax, GELU, "
+                                  "residuals, float attention): f32 | bf16 (CPUs with AVX-512 BF16 or AMX).",
+                                  choices=("f32", "bf16"))
+    shapes: str = option("dynamic", "Input shapes at load: dynamic (one compiled model for every batch size) | "
+                         "static (compiled per batch size on first use, ~1 s each; faster on CPUs).",
+                         choices=("dynamic", "static"))
 
 
 class _OneByOne:
@@ -335,8 +450,10 @@ class OpenVINOBackend(Backend):
     def check_options(self, request: CompileRequest) -> None:
         opts: OpenVINOOptions = request.options  # type: ignore[assignment]
         if request.precision != "int8" and (opts.max_drop is not None or opts.ignored_scope
-                                            or opts.smoothquant_alpha is not None):
-            raise BadInput("--max-drop, --ignored-scope and --smoothquant-alpha apply to --precision int8 only")
+                                            or opts.smoothquant_alpha is not None or opts.attention != "int8"
+                                            or opts.float_precision != "f32"):
+            raise BadInput("--max-drop, --ignored-scope, --smoothquant-alpha, --attention and --float-precision "
+                           "apply to --precision int8 only")
         if opts.max_drop is not None and not request.val:
             raise BadInput("--max-drop needs --val DIR: labelled validation images to measure the drop")
 
@@ -372,13 +489,21 @@ class OpenVINOBackend(Backend):
 
             scheme = scheme_for_file(source)
             kept_float = SchemeFloat.of(ov_model, scheme)
+            if opts.attention == "float":
+                kept_float = kept_float.with_names(attention_matmuls(ov_model), _ATTENTION_FLOAT_REASON)
             ov_model, ignored, details = self._quantize(ov_model, onnx_modules, request, scheme, kept_float)
             details["smoothquant"] = smoothquant
         ov.save_model(ov_model, str(out_dir / MODEL_XML), compress_to_fp16=request.precision == "fp16")
         core = ov.Core()
         capabilities = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        hint = inference_precision_hint(request.precision, capabilities)
+        if request.precision == "int8" and opts.float_precision == "bf16":
+            hint = "bf16"
+            if "BF16" not in capabilities:
+                ui.warn("--float-precision bf16: this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX), so OpenVINO "
+                        "runs the float remainder in f32 here; it runs bf16 on CPUs that have it")
         properties: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": inference_precision_hint(request.precision, capabilities),
+            "INFERENCE_PRECISION_HINT": hint,
             "PERFORMANCE_HINT": opts.hint.upper(),
         }
         if opts.threads:
@@ -389,19 +514,26 @@ class OpenVINOBackend(Backend):
         with ui.Step("compiling for CPU"):
             try:
                 saved = core.read_model(str(out_dir / MODEL_XML))
+                if opts.shapes == "static":  # the plan of what runs: a batch-1 static graph
+                    saved.reshape({saved.inputs[0].get_any_name(): [1, *list(saved.inputs[0].get_partial_shape())[1:]]})
                 compiled = core.compile_model(saved, "CPU", properties)
             except Exception as exc:  # noqa: BLE001
                 raise CompileFailed(f"OpenVINO could not compile the IR: {exc}") from exc
         resolved = _resolved(compiled)
+        if request.precision == "int8":
+            details["attention"] = opts.attention
         manifest["artifact"] = {"model": MODEL_XML, "weights_file": "model.bin", "format": "openvino-ir",
                                 **details}
         manifest["runtime"] = {"properties": properties, "device": "CPU", "resolved_at_build": resolved,
+                               "shapes": opts.shapes,
                                "cpu_capabilities": capabilities, "cpu_int8_vnni": cpu_info()["int8_vnni"],
                                "cpu_isa": cpu_info()["isa"], "cpu_bf16_native": cpu_info()["bf16_native"]}
         manifest["precision_run"] = resolved["inference_precision"]
         manifest["precision_plan"] = runtime_plan(compiled, ov_module_map(saved, onnx_modules), request.precision,
                                                   ignored, accuracy_control=details.get("max_drop") is not None,
-                                                  kept_float=kept_float.reasons)
+                                                  kept_float=kept_float.reasons,
+                                                  attention_float=opts.attention == "float")
+        manifest["artifact"]["nodes_by_precision"] = plan_counts(manifest["precision_plan"])  # what ran in what
         return manifest
 
     def _quantize(self, ov_model: Any, onnx_modules: dict[str, str | None],
@@ -484,7 +616,8 @@ class OpenVINOBackend(Backend):
         runtime = manifest.runtime
         device = str(options.get("device") or runtime.get("device") or "CPU").upper()
         return OpenVINORunner(artifact_path(artifact_dir, manifest),
-                              runtime_properties(runtime, options.get("threads")), device)
+                              runtime_properties(runtime, options.get("threads")), device,
+                              static=runtime.get("shapes") == "static")
 
 
 def _warn_half_precision(precision: str, hint: str, capabilities: list[str]) -> None:

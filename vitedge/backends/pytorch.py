@@ -13,11 +13,17 @@ from vitedge.manifest import Manifest
 
 
 class TorchRunner(Runner):
-    """Eager FP32 (TF32 off on GPUs, so the reference is really FP32)."""
+    """Eager FP32 (TF32 off on GPUs, so the reference is really FP32).
+
+    The yardsticks of a user's own PyTorch paths (`YARDSTICKS`): AUTOCAST "bf16" runs the module
+    under `torch.autocast` in bf16 (the reference stays FP32), COMPILED wraps it in `torch.compile`
+    (compiled on the first run of each input shape: warm-up pays it).
+    """
 
     name = "pytorch"
 
-    def __init__(self, module: Any, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, module: Any, device: str = "cpu", threads: int | None = None,
+                 autocast: str | None = None, compiled: bool = False) -> None:
         super().__init__()
         import torch
 
@@ -30,14 +36,24 @@ class TorchRunner(Runner):
         from vitedge.models.base import set_eval
 
         self.module = set_eval(module).to(self.device)
-        self.info = {"backend": "pytorch", "precision_run": "fp32", "device": device,
-                     "threads": torch.get_num_threads()}
+        self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast or "")
+        self._forward = torch.compile(self.module) if compiled else self.module
+        self.info = {"backend": "pytorch", "precision_run": autocast or "fp32", "device": device,
+                     "threads": torch.get_num_threads(), "autocast": autocast, "torch_compile": compiled}
+
+    def _call(self, xt: Any) -> Any:
+        import torch
+
+        if self.autocast is None:
+            return self._forward(xt)
+        with torch.autocast(self.device.type, dtype=self.autocast):
+            return self._forward(xt)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            out = self.module(torch.from_numpy(x).to(self.device))
+            out = self._call(torch.from_numpy(x).to(self.device))
             return out.float().cpu().numpy()
 
     def infer(self, batch: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
@@ -48,7 +64,7 @@ class TorchRunner(Runner):
         x = next(iter(batch.values())) if isinstance(batch, dict) else batch
         xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
         with torch.inference_mode(), CudaEventTimer(torch) as timer:
-            out = self.module(xt)
+            out = self._call(xt)
         self.last_ms = timer.elapsed_ms()
         return out.float().cpu().numpy()
 

@@ -14,45 +14,36 @@ gates are decided on bootstrap confidence intervals (see `gates`).
 
 from __future__ import annotations
 
-import datetime as _dt
 import importlib
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vitedge import __version__, ui
-from vitedge.backends.base import Runner, backend_for_target, get_backend
-from vitedge.data import Tensors, load_tensors, open_image_set
+from vitedge import ui
+from vitedge.backends.base import backend_for_target, get_backend
+from vitedge.data import load_tensors, open_image_set
 from vitedge.errors import BadInput, EnvironmentProblem, GateFailed, GateUnreliable
-from vitedge.fsutil import write_json_atomic
-from vitedge.manifest import MANIFEST_NAME, RANDOM_WEIGHTS_NOTE, Manifest
-from vitedge.metrics import compare_logits, per_class_drift, worst_disagreements
+from vitedge.manifest import MANIFEST_NAME, Manifest
+from vitedge.metrics import compare_logits
 from vitedge.preprocessing import Preprocessing
 from vitedge.runtime import load
+from vitedge.validate import assembly
 from vitedge.validate import gates as gatelib
+from vitedge.validate.assembly import Subject
 from vitedge.validate.latency import (
-    OPENMP_SPINCOUNT,
-    SETTLE_MS,
-    SPEEDUP_KEYS,
     OutsideLoad,
     bound_openmp_spin,
     measure_interleaved,
-    openmp_setting,
     process_rss_bytes,
-    ratio_interval,
-    speedups,
     summarize,
 )
 from vitedge.validate.verdicts import verdicts
 
-REPORT_SCHEMA = "vitedge.bench/report"
-REPORT_SCHEMA_VERSION = 1
 DRIFT_BATCH = 32
 REPORT_SPACE_BYTES = 16 << 20  # room the four reports need, generously (HTML with plots is the largest)
 DEVICES = ("cpu", "cuda")
@@ -61,43 +52,41 @@ _RUNNER_OPTIONS = {"spinning": False}
 # The reference sanity check: an FP32 artifact must match the reference this closely.
 REFERENCE_MIN_COSINE = 0.9999
 REFERENCE_MIN_AGREEMENT = 0.999
-REFERENCE_NOTE = ("PyTorch eager FP32 (TF32 disabled on GPUs), rebuilt from the export's model spec "
-                  "and weights; every speedup is a ratio of latencies measured in this run.")
 
 
-@dataclass
-class Subject:
-    """The reference or one candidate: where it came from, its open runner and its logits."""
+def bench(
+    artifacts: str | Path | list[str | Path],
+    *,
+    reference: str | Path,
+    data: str | Path,
+    batches: tuple[int, ...] | list[int] = (1, 8),
+    gates: tuple[str, ...] | list[str] = (),
+    report_dir: str | Path | None = None,
+    device: str = "cpu",
+    max_images: int | None = None,
+    warmup: int = 5,
+    iters: int = 30,
+    threads: int | None = None,
+    trust_source: bool = False,
+    force: bool = False,
+    yardsticks: tuple[str, ...] | list[str] = (),
+) -> dict[str, Any]:
+    """Drift and latency of ARTIFACTS vs the PyTorch FP32 REFERENCE on DATA (as `vitedge bench`).
 
-    name: str
-    role: str  # "reference" | "candidate"
-    source: str  # artifact dir or MODEL spec
-    backend: str
-    target: str
-    precision: str
-    runner: Runner
-    predict: Callable[[np.ndarray], np.ndarray]
-    size_bytes: int
-    load_s: float
-    rss_bytes: int = 0
-    gpu_bytes: int | None = None  # device memory taken by load + first inference (GPU runners only)
-    first_infer_ms: float = float("nan")
-    fixed_batch: int | None = None
-    labels: list[str] | None = None
-    aliases: list[str] = field(default_factory=list)
-    manifest: Manifest | None = None
-    logits: np.ndarray | None = None
-    latency: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-    def close(self) -> None:
-        self.runner.close()
+    Returns the report (report.json's content); raises `GateFailed` when a gate fails.
+    """
+    paths = [artifacts] if isinstance(artifacts, (str, Path)) else list(artifacts)
+    return run_bench(paths, reference=reference, data=data, batches=list(batches), gates=list(gates),
+                     report_dir=report_dir, device=device, max_images=max_images, warmup=warmup, iters=iters,
+                     threads=threads, trust_source=trust_source, force=force, yardsticks=list(yardsticks))
 
 
 def run_bench(artifacts: Sequence[str | Path], *, reference: str | Path, data: str | Path,
               batches: Sequence[int] = (1, 8), gates: Sequence[str] = (),
               report_dir: str | Path | None = None, device: str = "cpu", max_images: int | None = None,
               warmup: int = 5, iters: int = 30, threads: int | None = None, worst: int = 10,
-              record: bool = False, trust_source: bool = False, force: bool = False) -> dict[str, Any]:
+              record: bool = False, trust_source: bool = False, force: bool = False,
+              yardsticks: Sequence[str] = ()) -> dict[str, Any]:
     """Bench ARTIFACTS against REFERENCE on DATA; write reports; raise GateFailed if a gate fails
     (GateUnreliable if none failed but a speed gate is undecided), with the report attached.
 
@@ -106,25 +95,29 @@ def run_bench(artifacts: Sequence[str | Path], *, reference: str | Path, data: s
     summary into each artifact's manifest (`validation`), as recipes do for their artifacts.
     `trust_source`: an export dir given as REFERENCE may rebuild a source that runs code
     (see SECURITY.md). REPORT_DIR is checked (and locked) before anything is loaded; `force`
-    writes reports there even when it holds other files.
+    writes reports there even when it holds other files. YARDSTICKS (`yardsticks.YARDSTICKS`) are
+    timed beside the artifacts and reported as ratios (what the user gets without vitedge).
     """
+    from vitedge.validate.yardsticks import check_names
+
     batches = _check_settings(artifacts, batches, device, max_images, warmup, iters, threads, worst)
+    yardsticks = check_names(list(yardsticks))
     if report_dir is None:
         return _run_bench(artifacts, reference, data, batches, gates, None, device, max_images, warmup, iters,
-                          threads, worst, record, trust_source)
+                          threads, worst, record, trust_source, yardsticks)
     from vitedge.fsutil import check_free_space, check_output_dir, output_lock
 
     check_output_dir(report_dir, "report", force=force, inputs=[data, *artifacts])
     check_free_space(report_dir, REPORT_SPACE_BYTES, "the bench reports")
     with output_lock(report_dir):
         return _run_bench(artifacts, reference, data, batches, gates, report_dir, device, max_images, warmup,
-                          iters, threads, worst, record, trust_source)
+                          iters, threads, worst, record, trust_source, yardsticks)
 
 
 def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str | Path, batches: list[int],
                gates: Sequence[str], report_dir: str | Path | None, device: str, max_images: int | None,
                warmup: int, iters: int, threads: int | None, worst: int, record: bool,
-               trust_source: bool) -> dict[str, Any]:
+               trust_source: bool, yardsticks: Sequence[str] = ()) -> dict[str, Any]:
     """run_bench with its settings checked and its report dir locked."""
     torch_spins = bound_openmp_spin()
     threads = threads or os.cpu_count() or 1
@@ -143,7 +136,7 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
     image_set = open_image_set(data, ref_labels).subset(max_images, seed=0)
     tensors = load_tensors(image_set, pre, description="validation images")
     subjects_view = gatelib.Subjects(list(manifests), _aliases(manifests), list(batches),
-                                     tensors.labels is not None)
+                                     tensors.labels is not None, yardsticks=list(yardsticks))
     checks = gatelib.plan(parsed_gates, subjects_view)
 
     started = time.perf_counter()
@@ -158,6 +151,9 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
         for name, (path, manifest) in manifests.items():
             subjects.append(_open_candidate(name, path, manifest, device, threads, probe,
                                             subjects_view.aliases))
+        export_dir = _export_dir(ref_dir, manifests) if yardsticks else None
+        for name in yardsticks:
+            subjects.append(_open_yardstick(name, subjects[0], export_dir, device, threads, probe))
         _drift_logits(subjects, tensors.x)
         reference_check = _check_reference(subjects, ref_dir, manifests, tensors.x, threads)
         with OutsideLoad() as load:
@@ -166,13 +162,13 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
         for subject in subjects:
             subject.close()
 
-    report = _assemble(subjects, tensors, image_set.source, image_set.class_names, batches, device, threads,
-                       max_images, warmup, iters, worst, time.perf_counter() - started)
+    report = assembly.assemble(subjects, tensors, image_set.source, image_set.class_names, batches, device,
+                               threads, max_images, warmup, iters, worst, time.perf_counter() - started)
     report["reference_check"] = reference_check
     report["load"] = load.result()
-    report["notes"] = _notes(report, subjects, ref_manifest, ref_loaded)
-    results = gatelib.evaluate(checks, _lookup(report), _intervals(report), _outside_load_reason(report["load"]),
-                               _unmet_conditions(report))
+    report["notes"] = assembly.notes(report, subjects, ref_manifest, ref_loaded)
+    results = gatelib.evaluate(checks, assembly.lookup(report), assembly.intervals(report),
+                               assembly.outside_load_reason(report["load"]), assembly.unmet_conditions(report))
     report["gates"] = [r.to_dict() for r in results]
     report["status"] = gatelib.status(results)
     report["verdicts"] = verdicts(report)
@@ -183,7 +179,8 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
         report["files"] = write_reports(report, Path(report_dir))
     if record:
         for subject in subjects[1:]:
-            _record_validation(subject, report)
+            if subject.role == "candidate":
+                assembly.record_validation(subject, report)
     failed = [r for r in results if r.outcome == "fail"]
     if failed:
         lines = "\n".join(f"  {r.line()}" for r in failed)
@@ -381,6 +378,27 @@ def _open_candidate(name: str, path: Path, manifest: Manifest, device: str, thre
     return subject
 
 
+def _open_yardstick(name: str, reference: Subject, export_dir: Path | None, device: str, threads: int,
+                    probe: np.ndarray) -> Subject:
+    """A yardstick (`yardsticks.YARDSTICKS`) as a subject: timed like a candidate, never the reference."""
+    from vitedge.validate.yardsticks import YARDSTICKS, Sources
+
+    yardstick = YARDSTICKS[name]
+    export_onnx = None
+    if export_dir is not None:
+        from vitedge.backends.base import artifact_path
+
+        export_onnx = artifact_path(export_dir, Manifest.load(export_dir))
+    run_device = "cpu" if yardstick.backend == "openvino" else device
+    with ui.Step(f"loading the yardstick {name}"):
+        runner, load_s, before = _measure_load(yardstick.backend, run_device, lambda: yardstick.open(
+            Sources(getattr(reference.runner, "module", None), export_onnx, run_device, threads)))
+        subject = Subject(name, "yardstick", yardstick.what, yardstick.backend, name,
+                          str(runner.info.get("precision_run", "fp32")), runner, runner.infer, 0, load_s)
+        _first_inference(subject, probe, before, run_device)
+    return subject
+
+
 def _drift_logits(subjects: list[Subject], x: np.ndarray) -> None:
     """Logits of every subject on every validation image."""
     chunks = [(s, start) for s in subjects for start in range(0, len(x), s.fixed_batch or DRIFT_BATCH)]
@@ -427,7 +445,7 @@ def _check_reference(subjects: list[Subject], ref_dir: Path | None, manifests: d
     the export run through ONNX Runtime FP32 when no FP32 candidate is benched."""
     reference = subjects[0]
     assert reference.logits is not None
-    compared = [(s.name, s.source, s.logits) for s in subjects[1:] if s.precision == "fp32"]
+    compared = [(s.name, s.source, s.logits) for s in subjects[1:] if s.precision == "fp32" and s.role == "candidate"]
     if not compared:
         export_dir = _export_dir(ref_dir, manifests)
         if export_dir is None:
@@ -453,242 +471,3 @@ def _check_reference(subjects: list[Subject], ref_dir: Path | None, manifests: d
     return best
 
 
-def _runtime_info(runner: Runner) -> dict[str, Any]:
-    """What the runner reports about itself (threads, streams, precision run...), JSON-safe."""
-    info = json.loads(json.dumps(runner.info, default=str))
-    device = str(info.get("device", "cpu"))
-    info.setdefault("threads", None)
-    info.setdefault("streams", None)
-    info["timer"] = "cuda-events" if device.startswith("cuda") else "perf_counter"
-    return info
-
-
-def _subject_entry(subject: Subject, reference: Subject, batches: list[int]) -> dict[str, Any]:
-    latency = []
-    for batch in batches:
-        if batch not in subject.latency:
-            latency.append({"batch": batch, "measured": False})
-            continue
-        entry = {"batch": batch, "measured": True, **subject.latency[batch]}
-        if subject is not reference and batch in reference.latency:
-            entry.update(speedups(reference.latency[batch], subject.latency[batch]))
-            entry["speedup_p50_ci"] = list(ratio_interval(reference.latency[batch]["samples_ms"],
-                                                          subject.latency[batch]["samples_ms"]))
-        latency.append(entry)
-    return {
-        "name": subject.name, "role": subject.role, "source": subject.source, "backend": subject.backend,
-        "target": subject.target, "precision": subject.precision, "aliases": subject.aliases,
-        "fixed_batch": subject.fixed_batch, "runtime": _runtime_info(subject.runner),
-        "size_mb": subject.size_bytes / 1e6, "load_s": subject.load_s, "rss_mb": subject.rss_bytes / 1e6,
-        "gpu_mb": None if subject.gpu_bytes is None else subject.gpu_bytes / 1e6,
-        "first_infer_ms": subject.first_infer_ms, "latency": latency,
-    }
-
-
-def _assemble(subjects: list[Subject], tensors: Tensors, source: str, data_classes: list[str] | None,
-              batches: list[int], device: str, threads: int, max_images: int | None, warmup: int,
-              iters: int, worst: int, seconds: float) -> dict[str, Any]:
-    from vitedge.envinfo import hardware, tool_versions
-
-    reference = subjects[0]
-    assert reference.logits is not None
-    num_classes = reference.logits.shape[1]
-    labels = tensors.labels
-    class_names = _class_names(reference, num_classes)
-    names = [_display_name(n, source) for n in tensors.names]
-    ref_entry = _subject_entry(reference, reference, batches)
-    ref_entry["note"] = REFERENCE_NOTE
-    if labels is not None:
-        own = compare_logits(reference.logits, reference.logits, labels)
-        ref_entry["accuracy"] = {"top1_acc": own["top1_acc"], "top5_acc": own["top5_acc"]}
-    artifacts = []
-    for subject in subjects[1:]:
-        assert subject.logits is not None
-        if subject.logits.shape != reference.logits.shape:
-            raise BadInput(f"{subject.source}: logits of shape {list(subject.logits.shape)} vs the "
-                           f"reference's {list(reference.logits.shape)}; is it the same model?")
-        entry = _subject_entry(subject, reference, batches)
-        drift = compare_logits(reference.logits, subject.logits, labels)
-        if labels is not None:
-            drift["top5_acc_drop"] = drift["ref_top5_acc"] - drift["top5_acc"]
-        entry["drift"] = drift
-        entry["per_class"] = per_class_drift(reference.logits, subject.logits, labels, class_names)
-        entry["worst"] = worst_disagreements(reference.logits, subject.logits, names, labels, class_names,
-                                             worst)
-        entry["manifest"] = _manifest_summary(subject.manifest)
-        artifacts.append(entry)
-    return {
-        "schema": REPORT_SCHEMA,
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "vitedge_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "status": "passed",
-        "settings": {"batches": batches, "device": device, "threads": threads, "warmup": warmup,
-                     "iters": iters, "max_images": max_images, "worst": worst,
-                     "order": "interleaved-rotating", "settle_ms": SETTLE_MS, "openmp": openmp_setting(),
-                     "seconds": seconds},
-        "data": {"source": source, "samples": int(len(tensors.x)), "labelled": labels is not None,
-                 "skipped": len(tensors.skipped), "content_hash": tensors.content_hash,
-                 "class_names": data_classes, "num_classes": int(num_classes)},
-        "class_names": class_names,
-        "environment": {"tools": tool_versions(), "hardware": hardware()},
-        "reference": ref_entry,
-        "artifacts": artifacts,
-        "gates": [],
-    }
-
-
-def _class_names(reference: Subject, num_classes: int) -> list[str]:
-    if reference.labels and len(reference.labels) == num_classes:
-        return [str(v) for v in reference.labels]
-    return [str(i) for i in range(num_classes)]
-
-
-def _display_name(path: str, source: str) -> str:
-    """A file name relative to the data source, as people browse it."""
-    try:
-        return Path(path).relative_to(source).as_posix()
-    except ValueError:
-        return path
-
-
-def _manifest_summary(manifest: Manifest | None) -> dict[str, Any]:
-    if manifest is None:
-        return {}
-    keep = ("kind", "created", "vitedge_version", "calibration", "precision_summary", "runtime")
-    summary = {k: manifest[k] for k in keep if k in manifest}
-    summary["source"] = {k: manifest.get("source", {}).get(k)
-                         for k in ("spec", "weights_sha256", "weights_origin", "random_init_seed", "params_sha256")}
-    return summary
-
-
-def _lookup(report: dict[str, Any]) -> gatelib.Lookup:
-    """A metric value from the assembled report, for gates (None when not measured)."""
-    entries = {report["reference"]["name"]: report["reference"]}
-    entries.update({a["name"]: a for a in report["artifacts"]})
-
-    def lookup(operand: gatelib.Operand) -> float | None:
-        entry = entries[operand.subject or ""]
-        group = gatelib.METRICS[operand.metric].group
-        if group in gatelib.PER_BATCH:
-            row = next((r for r in entry["latency"] if r["batch"] == operand.batch), None)
-            return row.get(operand.metric) if row and row["measured"] else None
-        if group == "resource":
-            return entry[operand.metric]
-        source = entry.get("accuracy", {}) if entry["role"] == "reference" else entry.get("drift", {})
-        return source.get(operand.metric)
-
-    return lookup
-
-
-def _intervals(report: dict[str, Any]) -> gatelib.IntervalLookup:
-    """Bootstrap confidence intervals of speed checks, from the paired samples in the report."""
-    entries = {report["reference"]["name"]: report["reference"]}
-    entries.update({a["name"]: a for a in report["artifacts"]})
-
-    def samples(operand: gatelib.Operand) -> list[float] | None:
-        row = next((r for r in entries[operand.subject or ""]["latency"] if r["batch"] == operand.batch), None)
-        return row["samples_ms"] if row and row["measured"] else None
-
-    def interval(check: gatelib.Check) -> tuple[float, float] | None:
-        left, right = check.left, check.right
-        mine, ref = samples(left), samples(gatelib.Operand(left.metric, left.batch, gatelib.REFERENCE))
-        if isinstance(right, gatelib.Operand):  # ratio left / right, paired only within one batch's rounds
-            theirs = samples(right)
-            if mine is None or theirs is None or left.batch != right.batch or left.metric != right.metric:
-                return None
-            if left.metric in SPEEDUP_KEYS:  # (ref / left) / (ref / right) = right / left
-                return ratio_interval(theirs, mine, SPEEDUP_KEYS[left.metric])
-            return ratio_interval(mine, theirs, left.metric) if left.metric in gatelib.BOOTSTRAPPED else None
-        if mine is None:
-            return None
-        if left.metric in SPEEDUP_KEYS:
-            return ratio_interval(ref, mine, SPEEDUP_KEYS[left.metric]) if ref is not None else None
-        if left.metric == "throughput":
-            low, high = ratio_interval(mine, None, "mean_ms")
-            return left.batch * 1e3 / high, left.batch * 1e3 / low
-        return ratio_interval(mine, None, left.metric) if left.metric in gatelib.BOOTSTRAPPED else None
-
-    return interval
-
-
-def _outside_load_reason(load: dict[str, Any]) -> str | None:
-    if not load["detected"]:
-        return None
-    return (f"other processes used {load['share']:.0%} of the CPU while bench timed "
-            f"(above {load['limit']:.0%}); re-run on a quiet machine")
-
-
-def _unmet_conditions(report: dict[str, Any]) -> dict[str, str]:
-    """Gate conditions that do not hold on this machine, with the reason shown for skipped checks."""
-    unmet = {}
-    if not report["environment"]["hardware"]["cpu"].get("int8_vnni"):
-        unmet["vnni"] = gatelib.CONDITIONS["vnni"]
-    if report["settings"]["device"] != "cuda":
-        unmet["cuda"] = gatelib.CONDITIONS["cuda"]
-    return unmet
-
-
-def _notes(report: dict[str, Any], subjects: list[Subject], ref_manifest: Manifest | None,
-           ref_loaded: Any) -> list[dict[str, str]]:
-    """Platform and provenance facts a reader needs to judge the numbers, in every report format."""
-    notes = []
-    sources = [m.get("source", {}) for m in [ref_manifest, *(s.manifest for s in subjects)] if m is not None]
-    if ref_loaded is not None:
-        sources.append({"weights_origin": ref_loaded.weights_origin, "random_init_seed": ref_loaded.random_init_seed})
-    seeds = sorted({str(src.get("random_init_seed")) for src in sources if src.get("weights_origin") == "random-init"})
-    if seeds:
-        notes.append({"kind": "random-weights", "text": f"{RANDOM_WEIGHTS_NOTE} (the model has random weights, "
-                      f"--random-init {', '.join(seeds)}): use this report for speed and shapes only"})
-    cpu = report["environment"]["hardware"]["cpu"]
-    on_cpu = [a for a in report["artifacts"] if a["runtime"].get("timer") != "cuda-events"]
-    int8 = [a["name"] for a in on_cpu if a["precision"] == "int8"]
-    if int8 and cpu.get("int8_vnni") is False:
-        notes.append({"kind": "no-int8-instructions", "text": f"this CPU ({cpu['model']}) has no VNNI/AMX INT8 "
-                      f"instructions: {', '.join(int8)} cannot be expected to be faster than FP32 here"})
-    openvino = [a["name"] for a in report["artifacts"] if a["backend"] == "openvino"]
-    if openvino and cpu.get("bf16_native"):
-        runs = ", ".join(f"{a['name']} {a['runtime'].get('precision_run')}" for a in report["artifacts"]
-                         if a["backend"] == "openvino")
-        notes.append({"kind": "bf16-default", "text": "this CPU has native bf16, which OpenVINO uses by default "
-                      f"even for FP32 models; vitedge pins the precision its float layers run in ({runs})"})
-    if report["settings"]["device"] == "cuda" and on_cpu:
-        notes.append({"kind": "gpu-vs-cpu", "text": f"{', '.join(a['name'] for a in on_cpu)} ran on the CPU "
-                      "and the reference on the GPU: their speedups compare a CPU runtime with a GPU"})
-    reason = _outside_load_reason(report["load"])
-    if reason:
-        notes.append({"kind": "outside-load", "text": reason.replace("; re-run on a quiet machine", "") +
-                      ": latency figures are inflated and speed verdicts unreliable"})
-    if report["reference"]["runtime"].get("spinning") and report["settings"]["device"] == "cpu":
-        notes.append({"kind": "spinning", "text": "PyTorch's OpenMP threads may spin-wait for tens of ms after "
-                      f"each run (torch was loaded before bench could set GOMP_SPINCOUNT={OPENMP_SPINCOUNT}), "
-                      f"taking CPU from the runner timed next; set GOMP_SPINCOUNT={OPENMP_SPINCOUNT} in the "
-                      "environment"})
-    budget = report["settings"]["threads"]
-    other = [f"{e['name']} {e['runtime']['threads']}" for e in [report["reference"], *on_cpu]
-             if isinstance(e["runtime"].get("threads"), int) and e["runtime"]["threads"] != budget]
-    if other:
-        notes.append({"kind": "threads", "text": f"not every runner used the {budget}-thread budget: "
-                      f"{', '.join(other)}"})
-    return notes
-
-
-def _record_validation(subject: Subject, report: dict[str, Any]) -> None:
-    """Write this run's headline numbers into the artifact's manifest (`validation`)."""
-    entry = next(a for a in report["artifacts"] if a["name"] == subject.name)
-    drift = entry["drift"]
-    summary = {
-        "date": report["created"], "reference": report["reference"]["source"],
-        "data": {k: report["data"][k] for k in ("source", "samples", "content_hash")},
-        **{k: drift[k] for k in ("top1_agreement", "kl_mean", "acc_delta") if k in drift},
-        "p50_ms": {str(r["batch"]): r["p50_ms"] for r in entry["latency"] if r["measured"]},
-        "speedup_p50": {str(r["batch"]): r.get("speedup_p50") for r in entry["latency"] if r["measured"]},
-        "gates_passed": all(g["outcome"] in ("pass", "skipped") for g in report["gates"]
-                            if g["artifact"] == subject.name),
-        "gates_status": gatelib.status_of([g["outcome"] for g in report["gates"] if g["artifact"] == subject.name]),
-    }
-    path = Path(subject.source) / MANIFEST_NAME
-    try:
-        write_json_atomic(path, {**Manifest.load(subject.source), "validation": summary})
-    except OSError as exc:
-        ui.warn(f"could not record validation results in {path}: {exc}")

@@ -195,15 +195,16 @@ class Subjects:
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> candidate name
     batches: list[int] = field(default_factory=list)
     labelled: bool = False
+    yardsticks: list[str] = field(default_factory=list)  # named only, never expanded over
 
     def resolve(self, name: str, gate: str) -> str:
         if name in (REFERENCE, "pytorch"):
             return REFERENCE
-        if name in self.candidates:
+        if name in self.candidates or name in self.yardsticks:
             return name
         if name in self.aliases:
             return self.aliases[name]
-        known = ", ".join([REFERENCE, *self.candidates, *sorted(self.aliases)])
+        known = ", ".join([REFERENCE, *self.candidates, *sorted(self.aliases), *self.yardsticks])
         raise BadInput(f"gate {gate!r}: no artifact named {name!r}; known names: {known}")
 
 

@@ -28,6 +28,7 @@ from vitedge.validate.reports import (
     subjects,
     summary_rows,
     verdict_rows,
+    yardstick_rows,
 )
 from vitedge.validate.verdicts import outcome
 
@@ -66,6 +67,9 @@ def render_html(report: dict[str, Any], sections: Sequence[str] = ()) -> str:
         *(f"<p class='note'><b>Note:</b> {escape(line)}</p>" for line in notes(report)),
         f"<p class='muted'>{escape(settings_line(report))}. Created {escape(report['created'])}.</p>",
         "<h2>Summary</h2>", _table(summary_rows(report)),
+        *(["<h2>Against what you get without vitedge</h2>",
+           "<p class='muted'>yardstick p50 / artifact p50 (&gt; 1: the artifact is faster), 95% interval</p>",
+           _table(yardstick_rows(report))] if report.get("yardsticks") else []),
     ]
     if gates:
         body += ["<h2>Gates</h2>", _table([{"result": outcome(g).upper(), "gate": g["gate"],
@@ -106,7 +110,7 @@ def render_html(report: dict[str, Any], sections: Sequence[str] = ()) -> str:
 
 def _colors(report: dict[str, Any]) -> dict[str, str]:
     colors = {report["reference"]["name"]: REFERENCE_COLOR}
-    for i, entry in enumerate(report["artifacts"]):
+    for i, entry in enumerate([*report["artifacts"], *report.get("yardsticks", [])]):
         colors[entry["name"]] = PALETTE[i % len(PALETTE)]
     return colors
 

@@ -39,7 +39,7 @@ def _finite(obj: Any) -> Any:
 
 def subjects(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The reference followed by the candidates."""
-    return [report["reference"], *report["artifacts"]]
+    return [report["reference"], *report["artifacts"], *report.get("yardsticks", [])]
 
 
 def latency_row(entry: dict[str, Any], batch: int) -> dict[str, Any] | None:
@@ -207,6 +207,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [""] + [f"> **Note:** {line}  " for line in notes(report)] + ([""] if notes(report) else [])
     lines += [settings_line(report) + ".", ""]
     lines += _md_table(summary_rows(report))
+    if report.get("yardsticks"):
+        lines += ["", "### Against what you get without vitedge (yardstick p50 / artifact p50, > 1 is faster)", ""]
+        lines += _md_table(yardstick_rows(report))
+        lines += [""] + [f"- **{y['name']}**: {y['note']} (ran {y['runtime'].get('precision_run')})"
+                         for y in report["yardsticks"]]
     if failed:
         lines += ["", "### Failed gates", ""]
         lines += [f"- `{g['gate']}`: {g['message']}" for g in failed]
@@ -233,6 +238,19 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "</details>"]
     lines += ["", environment_line(report), ""]
     return "\n".join(lines)
+
+
+def yardstick_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per artifact and batch: its speed as a ratio to each yardstick, with the 95% interval."""
+    rows = []
+    for entry in report["artifacts"]:
+        by_batch: dict[int, dict[str, str]] = {}
+        for r in entry.get("vs_yardsticks", []):
+            low, high = r["ratio_p50_ci"]
+            by_batch.setdefault(r["batch"], {"artifact": entry["name"], "batch": str(r["batch"])})[
+                r["yardstick"]] = f"{r['ratio_p50']:.2f}x [{low:.2f}, {high:.2f}]"
+        rows += [by_batch[b] for b in sorted(by_batch)]
+    return rows
 
 
 DRIFT_COLUMNS = ("top1_agreement", "top5_overlap", "max_abs_err", "mean_abs_err", "cosine_min", "kl_mean",
