@@ -165,6 +165,12 @@ def test_load_refusals_name_the_one_reason() -> None:
     blackwell = {**RTX4090, "name": "NVIDIA GeForce RTX 5090", "compute_capability": "12.0"}
     assert libs.load_refusal(BUILT, [blackwell], 0, "1.7.1.116") is None
     assert IncompatibleArtifact.exit_code == 2 and EnvironmentProblem.exit_code == 3
+    old_driver = {**RTX4090, "driver": "570.86", "cuda_driver": "12.8"}
+    assert libs.driver_problem(old_driver, "tensorrt_rtx_cu13 1.7.1.116") == (
+        "the driver of NVIDIA GeForce RTX 4090 (570.86) supports CUDA 12.8, tensorrt_rtx_cu13 needs a driver for "
+        "CUDA 13: update the driver, or install the TensorRT-RTX build for CUDA 12 (tensorrt-rtx-cu12)")
+    assert libs.driver_problem({**old_driver, "cuda_driver": "13.0"}, "tensorrt_rtx_cu13 1.7.1.116") is None
+    assert libs.driver_problem(old_driver, "tensorrt_rtx_cu12 1.7.1.116") is None
 
 
 def test_gpu_arch_and_library_options_fail_before_any_work(cli, demo_export: Path, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from vitedge.backends.tensorrt.settings import (
     parse_profile,
 )
 from vitedge.envinfo import gpu_info
-from vitedge.errors import BadInput, IncompatibleArtifact
+from vitedge.errors import BadInput, EnvironmentProblem, IncompatibleArtifact
 from vitedge.manifest import Manifest
 from vitedge.ortsession import run_graph as _run_graph  # the name tests and scripts use
 
@@ -243,10 +243,14 @@ class TensorRTBackend(Backend):
         device = str(options.get("device") or "cuda")
         index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
         if built.get("library") == libs.RTX:  # the truth before deserializing: GPU, library, version
-            refusal = libs.load_refusal(built, detect_gpus(), index, libs.version_of(libs.RTX))
+            gpus = detect_gpus()
+            refusal = libs.load_refusal(built, gpus, index, libs.version_of(libs.RTX))
             if refusal:
                 kind, why = refusal
                 raise kind(f"{artifact_dir}: {why}")
+            driver = libs.driver_problem(gpus[index], libs.rtx_package())
+            if driver:
+                raise EnvironmentProblem(f"{artifact_dir}: {driver}")
             return TensorRTRunner(engine, built, index, library=libs.RTX)
         trt = libs.require(libs.TENSORRT)
         if "version" in built:  # built by vitedge (a trtexec-built engine carries no record)

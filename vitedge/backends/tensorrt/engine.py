@@ -129,7 +129,7 @@ def _build_rtx(trt: Any, builder: Any, network: Any, config: Any, engine_path: P
          "driver": gpus[0].get("driver")} if gpus else
         {"device": "cpu", "ahead_of_time": True, "cpu": cpu_info()["model"]})
     return {"library": libs.RTX, "library_version": trt.__version__,
-            "library_package": _rtx_package(), "target_compute_capabilities": targets,
+            "library_package": libs.rtx_package(), "target_compute_capabilities": targets,
             "compute_capability_request": request,
             "built_on": built_on, "engine": engine, "build_seconds": round(seconds, 2),
             "build_peak_rss_mib": peak.mib, "strongly_typed": True, "tf32": False,
@@ -137,15 +137,6 @@ def _build_rtx(trt: Any, builder: Any, network: Any, config: Any, engine_path: P
                               "note": "written beside the engine at the first load on a GPU (kernels JIT-compiled "
                                       "there); not in `files` (dot-named): TensorRT-RTX itself rejects a cache "
                                       "from another GPU, driver or version"}}
-
-
-def _rtx_package() -> str | None:
-    from vitedge.envinfo import package_version
-
-    for name in ("tensorrt_rtx_cu13", "tensorrt_rtx_cu12"):
-        if package_version(name):
-            return f"{name} {package_version(name)}"
-    return None
 
 
 def _save(plan: Any, engine_path: Path) -> dict[str, Any]:

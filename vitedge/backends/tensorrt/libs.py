@@ -178,6 +178,26 @@ def load_refusal(built: dict[str, Any], gpus: list[dict[str, Any]] | tuple[dict[
     return None
 
 
+def rtx_package() -> str | None:
+    """The installed TensorRT-RTX build, e.g. "tensorrt_rtx_cu13 1.7.1.116" (its CUDA major matters)."""
+    for name in ("tensorrt_rtx_cu13", "tensorrt_rtx_cu12"):
+        if package_version(name):
+            return f"{name} {package_version(name)}"
+    return None
+
+
+def driver_problem(gpu: dict[str, Any], package: str | None) -> str | None:
+    """Why this GPU's driver cannot run the installed TensorRT-RTX build (a cu13 build needs a
+    driver for CUDA 13), or None (also when the driver's CUDA version is unknown)."""
+    match = re.match(r"tensorrt_rtx_cu(\d+)", package or "")
+    cuda = gpu.get("cuda_driver")
+    if not match or not cuda or int(cuda.split(".")[0]) >= int(match[1]):
+        return None
+    return (f"the driver of {gpu['name']} ({gpu.get('driver') or 'version unknown'}) supports CUDA {cuda}, "
+            f"{package.split()[0]} needs a driver for CUDA {match[1]}: update the driver, or install the "
+            f"TensorRT-RTX build for CUDA {cuda.split('.')[0]} (tensorrt-rtx-cu{cuda.split('.')[0]})")
+
+
 def validity_problem(trt: Any, runtime: Any, data: bytes) -> str | None:
     """TensorRT-RTX's own verdict on a serialized engine (`Runtime.get_engine_validity`), as a
     reason, or None when it is valid (or the check is not offered)."""
