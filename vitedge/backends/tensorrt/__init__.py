@@ -50,12 +50,16 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
     device_kind = "cuda"
-    runtime_module = "tensorrt"
     Options = TensorRTOptions
     default_calib_method = DEFAULT_CALIB_METHOD
     calib_methods = ("entropy", "max", "minmax", "percentile")  # max == minmax (symmetric)
     default_calib_size = 500
     compiles_without_runtime = True  # writes the TensorRT-ready ONNX and the trtexec command
+
+    @property
+    def runtime_module(self) -> str:  # type: ignore[override]
+        """The library bench imports before it times a load: the one --engine-lib auto uses here."""
+        return libs.LIBRARIES[libs.resolve("auto")].module
 
     def availability(self) -> Availability:
         """Whether engines run here: with the library `--engine-lib auto` picks, on this GPU."""
