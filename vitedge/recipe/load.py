@@ -57,6 +57,7 @@ def recipe_schema() -> dict[str, Any]:
     """The recipe's JSON Schema; targets and precisions come from the backend registry."""
     from vitedge.backends.base import compile_backends
     from vitedge.tune import KNOBS
+    from vitedge.validate.yardsticks import YARDSTICKS
 
     backends = compile_backends()
     return _object({
@@ -93,6 +94,7 @@ def recipe_schema() -> dict[str, Any]:
             "device": {"enum": ["cpu", "cuda"]}, "max_images": _POSITIVE,
             "warmup": {"type": "integer", "minimum": 0}, "iters": _POSITIVE, "threads": _POSITIVE,
             "worst": {"type": "integer", "minimum": 0},
+            "yardsticks": {"type": "array", "uniqueItems": True, "items": {"enum": list(YARDSTICKS)}},
         }, ("data",)),
         "gates": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "tune": _object({
@@ -346,5 +348,6 @@ def _check_gates(data: dict[str, Any], names: list[str]) -> None:
     bench = data["bench"]
     subjects = gatelib.Subjects(
         names, {a: n[0] for a, n in aliases.items() if len(n) == 1 and a not in names},
-        sorted(set(bench.get("batches", [1, 8]))), open_image_set(bench["data"]).labelled)
+        sorted(set(bench.get("batches", [1, 8]))), open_image_set(bench["data"]).labelled,
+        yardsticks=list(bench.get("yardsticks", [])))
     gatelib.plan([gatelib.parse_gate(g) for g in data.get("gates", [])], subjects)

@@ -188,7 +188,7 @@ def _run_steps(recipe: dict[str, Any], out: Path, force: bool) -> dict[str, Any]
         batches=bench.get("batches", [1, 8]), gates=recipe.get("gates", []), report_dir=out / "report",
         device=bench.get("device", "cpu"), max_images=bench.get("max_images"), warmup=bench.get("warmup", 5),
         iters=bench.get("iters", 30), threads=bench.get("threads"), worst=bench.get("worst", 10), record=True,
-        trust_source=own_source, force=force)
+        trust_source=own_source, force=force, yardsticks=bench.get("yardsticks", []))
 
 
 def _run_tune(recipe: dict[str, Any], export_dir: Path, out: Path, counter: dict[str, int], *,
