@@ -240,10 +240,25 @@ def test_gates_filter_and_the_fastest_passing_candidate_is_chosen(tuned) -> None
     assert saved["chosen"] == second["chosen"] and saved["why"].startswith(second["chosen"])
 
 
+def test_the_pick_is_stated_against_the_yardsticks(tuned) -> None:
+    """By default tune also times OpenVINO's free default (and PyTorch bf16 on bf16 CPUs) and says how
+    the pick compares, at each batch, with the interval."""
+    out, _, second, _ = tuned
+    assert "openvino-default" in second["yardsticks"]
+    rows = second["chosen_vs_yardsticks"]
+    assert {(r["yardstick"], r["batch"]) for r in rows} == {(y, b) for y in second["yardsticks"] for b in (1, 4)}
+    assert all(r["ratio_p50_ci"][0] <= r["ratio_p50"] <= r["ratio_p50_ci"][1] for r in rows)
+    assert "against what a user gets without vitedge" in second["why"] and "openvino-default at b4" in second["why"]
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert {y["name"] for y in report["yardsticks"]} == set(second["yardsticks"])
+
+
 def test_knob_variants_are_benched_or_skipped_with_the_reason(tuned) -> None:
     out, _, second, _ = tuned
     variants = {c["name"]: c for c in second["candidates"] if c["base"]}
-    assert second["knobs"] == ["keep_float", "smoothquant_alpha", "throughput"]
+    assert second["knobs"] == ["keep_float", "smoothquant_alpha", "throughput", "amx"]
+    amx = variants["openvino-int8-amx"]  # built and benched on CPUs with AMX, skipped with the reason elsewhere
+    assert amx["status"] == "benched" if "AMX-INT8" in second["device"]["isa"] else "no AMX-INT8" in amx["reason"]
     # the demo's LayerNorm outputs have no outliers (test_outliers): ONNX Runtime's alpha would change nothing
     ort_alpha = variants["onnxruntime-int8-alpha075"]
     assert ort_alpha["status"] == "skipped" and "exactly onnxruntime-int8" in ort_alpha["reason"]
