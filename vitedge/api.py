@@ -148,7 +148,7 @@ def doctor() -> dict[str, Any]:
         backends[name] = {"usable": a.usable, "version": a.version, "reason": a.reason,
                           "install": a.install, "precisions": list(backend.precisions),
                           "devices": {d: list(backend.precisions_on(d)) for d in ("cpu", "cuda")
-                                      if backend.precisions_on(d)}}
+                                      if backend.precisions_on(d)}, **backend.doctor_details()}
     try:
         import nncf  # noqa: F401
 

@@ -77,7 +77,11 @@ def _compile_locked(backend: Backend, source: Manifest, in_dir: Path, out_dir: P
         if "precision_summary" not in manifest:
             manifest["precision_summary"] = dict(sorted(Counter(e["dtype"] for e in plan).items())) \
                 if plan else {"all": precision}
-        if request.validation is not None and not manifest.incomplete:
+        not_here = backend.cannot_run_here(manifest) if request.validation is not None else None
+        if not_here and not manifest.incomplete:  # built for another machine (TensorRT-RTX ahead of time)
+            ui.warn(f"--val: the artifact cannot run here, so it was not validated ({not_here})")
+            manifest["validation"] = {"data": str(request.val), "skipped": not_here}
+        elif request.validation is not None and not manifest.incomplete:
             manifest["validation"] = _validate(backend, tmp, manifest, artifact_path(in_dir, source), request)
         manifest["compile"] = {
             "seconds": round(time.perf_counter() - start, 2),

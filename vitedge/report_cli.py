@@ -95,6 +95,15 @@ def print_doctor(report: dict[str, Any]) -> None:
     for name, b in report["backends"].items():
         if not b["usable"]:
             out.print(f"{name}: {escape(b['reason'])}\n  how to get it: {escape(b['install'])}", soft_wrap=True)
+    for name, b in report["backends"].items():
+        for lib, info in (b.get("engine_libraries") or {}).items():
+            state = (f"{info['version']}, builds here: {'yes' if info['builds_here'] else 'no'}, this GPU runs its "
+                     f"engines: {'yes' if info['runs_engines_here'] else 'no'}" if info["version"] else "not installed")
+            uses = " (compile --engine-lib auto uses it)" if info["compile_uses"] else ""
+            why = f"\n    {escape(info['reason'])}" if info["reason"] and info["version"] else ""
+            out.print(f"{name} engine library {lib}: {escape(state)}{uses}{why}", soft_wrap=True)
+        if "driver_gpus" in b and not b["driver_gpus"]:
+            out.print(f"{name}: no NVIDIA GPU seen by the CUDA driver (libcuda) or nvidia-smi")
     cpu = report["hardware"]["cpu"]
     out.print(f"CPU: {cpu['model']} ({cpu['cores']} cores, {cpu['arch']})")
     out.print(f"  ISA: {', '.join(cpu['isa']) or 'none of AVX2/AVX-512/VNNI/BF16/AMX'}")
@@ -109,6 +118,9 @@ def print_doctor(report: dict[str, Any]) -> None:
             out.print(f"GPU {g['index']}: {g['name']} (compute {g['compute_capability']}, {g['memory_gib']} GiB)")
     else:
         out.print("GPU: none visible to PyTorch (CUDA)")
+    for g in report["backends"].get("tensorrt", {}).get("driver_gpus", []):
+        out.print(f"NVIDIA driver: GPU {g['index']}: {g['name']} (compute {g['compute_capability']}, driver "
+                  f"{g.get('driver') or '?'}, CUDA {g.get('cuda_driver') or '?'}; via {g['source']})")
 
 
 def _size(n: int) -> str:
@@ -150,7 +162,9 @@ def print_compile_summary(manifest: Manifest, out_dir: str | Path) -> None:
             table.add_row(str(count), dtype, escape(reason))
         out.print(table)
     val = manifest.get("validation")
-    if val:
+    if val and "skipped" in val:
+        out.print(f"  validation: not run here ({escape(val['skipped'])})", soft_wrap=True)
+    elif val:
         line = (f"  validation ({val['samples']} images vs FP32 ONNX): top-1 agreement {val['top1_agreement']:.4f}, "
                 f"max abs err {val['max_abs_err']:.3g}")
         if "top1_acc" in val:

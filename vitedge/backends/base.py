@@ -142,6 +142,20 @@ class Backend(ABC):
     def availability(self) -> Availability:
         """Whether this backend can run here, and if not, why and how to install it."""
 
+    def doctor_details(self) -> dict[str, Any]:
+        """More for `vitedge doctor` than `availability` says (e.g. TensorRT's engine libraries)."""
+        return {}
+
+    def availability_for(self, manifest: Manifest) -> Availability:
+        """Whether the artifact of MANIFEST can run here (by default: whether the backend can)."""
+        return self.availability()
+
+    def cannot_run_here(self, manifest: Manifest) -> str | None:
+        """Why the artifact of MANIFEST cannot run on this machine (None: it can); compile's --val
+        is skipped, and says so, where it cannot (a TensorRT-RTX engine built on a CPU)."""
+        available = self.availability_for(manifest)
+        return None if available.usable else available.reason
+
     def precisions_on(self, device: str) -> tuple[str, ...]:
         """The precisions it builds for DEVICE ("cpu" or "cuda"); () where it does not run."""
         return self.precisions if self.device_kind in ("any", device) else ()
