@@ -256,7 +256,7 @@ def _corrupt_images(folder: Path, count: int) -> Path:
     (["--target", "onnxruntime", "--smoothquant-alpha", "0.75"], 2,
      "--smoothquant-alpha apply to --precision int8 only"),
     (["--target", "openvino", "--precision", "bf16", "--smoothquant-alpha", "0.75"], 2,
-     "--smoothquant-alpha apply to --precision int8 only"),
+     "--attention and --float-precision apply to --precision int8 only"),
     (["--target", "tensorrt", "--precision", "fp16", "--smoothquant-alpha", "0.75"], 2,
      "--smoothquant-alpha applies to vitedge's own --precision int8 quantization only"),
     (["--target", "onnxruntime", "--precision", "int8", "--calib", "CALIB", "--smoothquant-alpha", "1"], 2,
