@@ -170,7 +170,11 @@ def module_config(module: Any, input_size: tuple[int, int] | list[int]) -> dict[
     patch = getattr(getattr(module, "patch_embed", None), "patch_size", None)
     dim = getattr(module, "embed_dim", None) or getattr(module, "num_features", None)
     blocks = getattr(module, "blocks", None)
-    heads = getattr(getattr(blocks[0], "attn", None), "num_heads", None) if blocks is not None and len(blocks) else None
+    try:  # a timm ViT's nn.Sequential; a .pt2 GraphModule's blocks are plain Modules without len()
+        first = blocks[0] if blocks is not None and len(blocks) else None
+    except (TypeError, IndexError, KeyError):
+        first = None
+    heads = getattr(getattr(first, "attn", None), "num_heads", None)
     if patch is None or not isinstance(dim, int):
         return None
     patch = patch[0] if isinstance(patch, (list, tuple)) else patch
