@@ -142,10 +142,10 @@ def test_inspect_detects_tampered_files(cli, demo_export_copy: Path) -> None:
 
 
 def test_debug_shows_traceback(cli, tmp_path: Path) -> None:
-    from vitedge.errors import BadInput
-
-    with pytest.raises(BadInput):
-        cli("--debug", "export", "timm:nope_nope", "-o", tmp_path / "x")
+    """--debug adds the traceback before the error line; the exit code stays the error's (2 here)."""
+    r = cli("--debug", "export", "timm:nope_nope", "-o", tmp_path / "x")
+    assert r.code == 2 and "Traceback (most recent call last)" in r.err and "vitedge.errors.BadInput" in r.err
+    assert r.err.strip().splitlines()[-1].startswith("error: unknown timm model")
 
 
 def test_usage_error_exit_code(cli) -> None:

@@ -235,7 +235,7 @@ def _corrupt_images(folder: Path, count: int) -> Path:
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["--target", "onnxruntime", "--precision", "fp16"], 2, "does not support --precision fp16"),
     (["--target", "openvino", "--precision", "int8"], 2, "needs --calib"),
-    (["--target", "coreml"], 2, "unknown target 'coreml'"),
+    (["--target", "coreml"], 2, "--target 'coreml' is not a known target; compile targets are onnxruntime, openvino"),
     (["--target", "onnxruntime", "--precision", "int8", "--calib", "CALIB", "--calib-method", "kl"], 2,
      "--calib-method 'kl' is not available"),
     (["--target", "onnxruntime", "--precision", "int8", "--calib", "CALIB", "--max-drop", "0.01"], 2,
@@ -256,7 +256,7 @@ def _corrupt_images(folder: Path, count: int) -> Path:
     (["--target", "onnxruntime", "--smoothquant-alpha", "0.75"], 2,
      "--smoothquant-alpha apply to --precision int8 only"),
     (["--target", "openvino", "--precision", "bf16", "--smoothquant-alpha", "0.75"], 2,
-     "--smoothquant-alpha apply to --precision int8 only"),
+     "--attention and --float-precision apply to --precision int8 only"),
     (["--target", "tensorrt", "--precision", "fp16", "--smoothquant-alpha", "0.75"], 2,
      "--smoothquant-alpha applies to vitedge's own --precision int8 quantization only"),
     (["--target", "onnxruntime", "--precision", "int8", "--calib", "CALIB", "--smoothquant-alpha", "1"], 2,

@@ -313,8 +313,9 @@ def test_foreign_output_dirs_are_refused_unless_forced(cli, tmp_path: Path, demo
     assert r.code == 0, r.text
     r = cli("export", "demo:digits", "-o", previous)
     assert r.code == 2 and "also holds files vitedge did not write (README.txt)" in _one_error_line(r.err)
-    r = cli("--quiet", "export", "demo:digits", "-o", mine, "--force")
-    assert r.code == 0 and sorted(p.name for p in mine.iterdir()) == ["model.onnx", "vitedge.json"]
+    r = cli("--quiet", "export", "demo:digits", "-o", mine, "--force")  # --force keeps the user's file
+    assert r.code == 0 and sorted(p.name for p in mine.iterdir()) == ["model.onnx", "notes.txt", "vitedge.json"]
+    assert (mine / "notes.txt").read_text() == "my notes"
 
 
 def test_output_that_holds_the_input_is_refused_even_with_force(cli, tmp_path: Path, demo_export: Path) -> None:
@@ -504,3 +505,296 @@ def test_vendor_telemetry_is_declined_unless_asked_for(monkeypatch: pytest.Monke
     assert OptInChecker().check(False, False) == ConsentCheckResult.DECLINED
     monkeypatch.setenv(ENV_VAR, "1")  # the user turned it back on: OpenVINO's own consent file decides
     assert decline_vendor_telemetry() is False
+
+
+# -- one meaning of --force: vitedge replaces only what it wrote ----------------------------------
+
+def _user_files(folder: Path) -> dict[str, bytes]:
+    """Put the user's own files in FOLDER (one at the top, one in a subfolder); return their bytes."""
+    files = {"notes.txt": b"my notes\n", "sub/keep.csv": b"a,b\n1,2\n"}
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return files
+
+
+def _survived(folder: Path, files: dict[str, bytes]) -> bool:
+    return all((folder / name).read_bytes() == data for name, data in files.items())
+
+
+def _small_recipe(folder: Path, digits_val: Path) -> Path:
+    import yaml
+
+    recipe = {"version": 1, "name": "small", "model": {"spec": "demo:digits"},
+              "targets": [{"target": "onnxruntime", "precision": "fp32"}],
+              "bench": {"data": str(digits_val), "batches": [1], "warmup": 0, "iters": 2, "max_images": 24},
+              "gates": ["top1_agreement >= 0.99"]}
+    path = folder / "small.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("command", ["export", "compile", "bench", "run", "tune"])
+def test_force_replaces_only_what_vitedge_wrote(cli, tmp_path: Path, demo_export: Path, digits_val: Path,
+                                                command: str) -> None:
+    """Every command's --force: the user's files in the output survive byte-identical; without
+    --force the folder is refused and nothing changes."""
+    out = tmp_path / "out"
+    out.mkdir()
+    files = _user_files(out)
+    args = {"export": ["export", "demo:digits", "-o", out],
+            "compile": ["compile", demo_export, "--target", "onnxruntime", "-o", out],
+            "bench": ["bench", demo_export, "--reference", demo_export, "--data", digits_val, "--report", out,
+                      *FAST],
+            "run": ["run", _small_recipe(tmp_path, digits_val), "-o", out],
+            "tune": ["tune", demo_export, "--data", digits_val, "-o", out, "--targets", "onnxruntime",
+                     "--precisions", "fp32", "--knobs", "none", "--batch", "1"]}[command]
+    r = cli(*args)
+    assert r.code == 2 and "--force" in _one_error_line(r.err) and _survived(out, files)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(files)
+    r = cli(*args, "--force")
+    assert r.code == 0, r.text
+    assert _survived(out, files)
+    assert "--force:" in r.err and "notes.txt" in " ".join(r.err.split())
+    if command in ("export", "compile"):  # a second forced write still keeps them, and says what it replaced
+        r = cli(*args, "--force")
+        assert r.code == 0 and _survived(out, files)
+        assert "replaced 2 file(s) (model.onnx, vitedge.json)" in " ".join(r.err.split())
+    assert _vitedge_leftovers(tmp_path) == []
+
+
+def test_force_replaces_a_user_file_of_a_name_vitedge_writes(cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"not a model")
+    files = _user_files(out)
+    r = cli("export", "demo:digits", "-o", out, "--force")
+    assert r.code == 0 and _survived(out, files)
+    text = " ".join(r.err.split())
+    assert "--force:" in text and "replaced 1 file(s) (model.onnx)" in text and "kept 2 file(s)" in text
+    assert (out / "model.onnx").read_bytes() != b"not a model"
+    r = cli("--quiet", "export", "demo:digits", "-o", out, "--force")  # --quiet: nothing printed
+    assert r.code == 0 and r.err == "" and _survived(out, files)
+
+
+# -- memory: checked before the work, and allocation failures named -----------------------------
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["bench", "EXPORT", "--reference", "EXPORT", "--data", "VAL", "--batch", "1000000"],
+     "not enough memory for bench at batch 1000000"),
+    (["export", "demo:digits", "-o", "OUT", "--batch", "100000000"], "not enough memory for the export at batch"),
+    (["tune", "EXPORT", "--data", "VAL", "-o", "OUT", "--batch", "1000000"], "not enough memory for bench"),
+])
+def test_memory_preflight_refuses_in_one_line(cli, tmp_path: Path, demo_export: Path, digits_val: Path,
+                                              monkeypatch: pytest.MonkeyPatch, args: list[str], needle: str) -> None:
+    """A batch of a million on the 360-image demo once grew to 23 GB until the kernel killed it."""
+    monkeypatch.setenv("VITEDGE_MEMORY_LIMIT", "8G")
+    names = {"EXPORT": demo_export, "VAL": digits_val, "OUT": tmp_path / "out"}
+    for debug in ((), ("--debug",)):
+        r = cli(*debug, *[names.get(a, a) for a in args])
+        assert r.code == 3, r.text
+        line = r.err.strip().splitlines()[-1]
+        assert line.startswith("error: ") and needle in line and "lower --batch" in line
+        if not debug:
+            _one_error_line(r.err)
+    assert not (tmp_path / "out").exists() and _vitedge_leftovers(tmp_path) == []
+
+
+def test_memory_preflight_names_the_flag_to_lower(cli, tmp_path: Path, demo_export: Path, digits_val: Path,
+                                                  digits_calib: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VITEDGE_MEMORY_LIMIT", "2M")  # a faked small machine: nothing is allocated
+    r = cli("bench", demo_export, "--reference", demo_export, "--data", digits_val, "--report", tmp_path / "r",
+            *FAST[:-2])
+    assert r.code == 3 and "lower --max-images" in _one_error_line(r.err) and not (tmp_path / "r").exists()
+    r = cli("compile", demo_export, "--target", "onnxruntime", "--precision", "int8", "--calib", digits_calib,
+            "-o", tmp_path / "q")
+    assert r.code == 3 and "calibrating on 300 images" in _one_error_line(r.err) and "--calib-size" in r.err
+    assert not (tmp_path / "q").exists() and _vitedge_leftovers(tmp_path) == []
+
+
+def test_a_batch_larger_than_the_data_says_so(cli, tmp_path: Path, demo_export: Path, digits_val: Path,
+                                              digits_calib: Path) -> None:
+    r = cli("bench", demo_export, "--reference", demo_export, "--data", digits_val, "--batch", "32",
+            "--iters", "2", "--warmup", "0", "--max-images", "24")
+    assert r.code == 0, r.text
+    assert "batch 32 is larger than the 24 validation images" in " ".join(r.err.split())
+    few = tmp_path / "few"
+    for digit in ("0", "1"):
+        (few / digit).mkdir(parents=True)
+        for image in sorted((digits_calib / digit).iterdir())[:6]:
+            shutil.copy(image, few / digit / image.name)
+    r = cli("compile", demo_export, "--target", "onnxruntime", "--precision", "int8", "--calib", few,
+            "--calib-size", "1000000000", "-o", tmp_path / "q")
+    assert r.code == 0, r.text
+    assert "--calib-size 1000000000 is more than the 12 images" in " ".join(r.err.split())
+
+
+def test_an_allocation_failure_is_exit_3_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the preflight (told there is memory), torch cannot allocate the batch under an address-space
+    limit: exit 3 and one line, not `internal error`, and no lock or temp dir left."""
+    out = tmp_path / "e"
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    monkeypatch.setenv("VITEDGE_MEMORY_LIMIT", "100T")  # the preflight is told there is room
+    proc = _spawn("export", "demo:digits", "-o", out, "--batch", "2000000", cwd=tmp_path, preexec=limit)
+    code, err = _finish(proc)
+    assert code == 3, err
+    assert "out of memory; lower the batch (--batch)" in _one_error_line(err)
+    assert not out.exists() and _vitedge_leftovers(tmp_path) == []
+
+
+def test_allocator_errors_are_recognised() -> None:
+    from vitedge.errors import CompileFailed
+    from vitedge.limits import allocation_failure
+
+    torch_text = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                  "you tried to allocate 1228800000000 bytes. Error code 12 (Cannot allocate memory)")
+    assert allocation_failure(RuntimeError(torch_text)) and allocation_failure(MemoryError())
+    ort_text = "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"
+    try:
+        try:
+            raise RuntimeError(ort_text)
+        except RuntimeError as exc:
+            raise CompileFailed("the compiled ONNX Runtime model does not run") from exc
+    except CompileFailed as wrapped:
+        assert allocation_failure(wrapped.__cause__)
+    assert not allocation_failure(RuntimeError("shapes do not match")) and not allocation_failure(OSError(12, "x"))
+
+
+# -- exit codes: the same with and without --debug -------------------------------------------------
+
+@pytest.mark.parametrize(("args", "code"), [
+    (["export", "demo:digits", "-o", "OUT", "--batch", "0"], 2),  # BadInput
+    (["export"], 2),  # a usage error (typer)
+    (["compile", "EXPORT", "--target", "pytorch", "-o", "OUT"], 2),  # not a compile target
+    (["inspect", "LABELS"], 2),  # a directory that is not an artifact
+    (["export", "demo:digits", "-o", "OUT", "--batch", "100000000"], 3),  # EnvironmentProblem (memory)
+    (["export", "demo:digits", "-o", "OUT", "--atol", "1e-30"], 4),  # ExportFailed (parity)
+    (["bench", "EXPORT", "--reference", "EXPORT", "--data", "VAL", "--gate", "max_abs_err<=0", *FAST], 1),
+])
+def test_exit_codes_do_not_change_with_debug(cli, tmp_path: Path, demo_export: Path, digits_val: Path,
+                                             monkeypatch: pytest.MonkeyPatch, args: list[str], code: int) -> None:
+    """--debug used to turn every error into exit 1, the code of a failed gate."""
+    monkeypatch.setenv("VITEDGE_MEMORY_LIMIT", "8G")
+    names = {"OUT": tmp_path / "out", "EXPORT": demo_export, "VAL": digits_val, "LABELS": tmp_path}
+    plain = cli(*[names.get(a, a) for a in args])
+    debug = cli("--debug", *[names.get(a, a) for a in args])
+    assert plain.code == debug.code == code, (plain.text, debug.text)
+    assert "Traceback" not in plain.err
+    if args != ["export"]:  # a usage error has no traceback to show
+        assert "Traceback (most recent call last)" in debug.err
+        assert debug.err.strip().splitlines()[-1] == plain.err.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists() and _vitedge_leftovers(tmp_path) == []
+
+
+# -- choices and messages that say what was given and what was expected ---------------------------
+
+def test_compile_targets_are_the_ones_that_compile(cli, tmp_path: Path, demo_export: Path) -> None:
+    r = cli("compile", demo_export, "--target", "pytorch", "-o", tmp_path / "o")
+    assert r.code == 2
+    text = _one_error_line(r.err)
+    assert "'pytorch' runs artifacts but does not compile; compile targets are onnxruntime, openvino, tensorrt" \
+        in text
+    r = cli("compile", demo_export, "--target", "nosuch", "-o", tmp_path / "o")
+    assert r.code == 2 and "pytorch" not in _one_error_line(r.err)
+    r = cli("compile", "--help")
+    assert r.code == 0 and "pytorch" not in " ".join(r.out.split()).split("--target")[1].split("--out")[0]
+
+
+def test_messages_name_what_was_given_and_what_was_expected(cli, tmp_path: Path, demo_export_copy: Path) -> None:
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    (tmp_path / "text.pth").write_text("hello, I am a text file\n")
+    cases = [
+        (["export", "demo:digits", "-o", tmp_path / "o", "--labels", folder],
+         f"labels file {folder} is a directory; a file is expected here"),
+        (["run", folder], f"recipe {folder} is a directory; a file is expected here"),
+        (["export", "demo:digits", "-o", tmp_path / "o", "--weights", tmp_path / "text.pth"],
+         "is not a valid PyTorch checkpoint"),
+        (["compile", tmp_path / "text.pth", "--target", "onnxruntime", "-o", tmp_path / "o"],
+         "is a file; an artifact directory (holding vitedge.json) is expected"),
+    ]
+    for args, needle in cases:
+        r = cli(*args)
+        assert r.code == 2, r.text
+        text = _one_error_line(r.err)
+        assert needle in text and "pickles code" not in text and "does not exist" not in text
+    _edit_manifest(demo_export_copy, lambda m: m["files"].update({"../../etc/passwd": "0" * 64}))
+    r = cli("inspect", demo_export_copy)
+    text = _one_error_line(r.err)
+    assert r.code == 2 and "'../../etc/passwd' has a .. part, which leads out of the artifact dir" in text
+    assert "(?!" not in text  # no JSON-schema regex
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_corrupt_rehashed_onnx_is_one_line(cli, tmp_path: Path, demo_export_copy: Path) -> None:
+    """Damaged bytes with a matching hash (a hand-edited manifest): OpenVINO tried each frontend and
+    said 'Cannot recognize input model' after TensorFlow's parse errors; now one line, exit 2."""
+    from vitedge.fsutil import sha256_file
+
+    model = demo_export_copy / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[:200] = b"\x07" * 200
+    model.write_bytes(bytes(data))
+    _edit_manifest(demo_export_copy, lambda m: m["files"].update({"model.onnx": sha256_file(model)}))
+    r = cli("compile", demo_export_copy, "--target", "openvino", "-o", tmp_path / "ov")
+    assert r.code == 2 and "is not a valid ONNX model (onnx could not parse it" in _one_error_line(r.err)
+    assert not (tmp_path / "ov").exists() and _vitedge_leftovers(tmp_path) == []
+
+
+def test_third_party_text_is_reduced_to_its_line() -> None:
+    from vitedge.errors import brief
+
+    openvino = RuntimeError("Exception from src/inference/src/cpp/core.cpp:97:\n"
+                            "Check 'false' failed at src/frontends/common/src/frontend.cpp:54:\n"
+                            "FrontEnd API failed with GeneralFailure:\n"
+                            "onnx_model.cpp:12 Invalid model: input 'x' has no type\n")
+    assert brief(openvino) == "Invalid model: input 'x' has no type"
+    assert brief(RuntimeError("one plain line")) == "one plain line"
+
+
+def test_disk_precheck_is_proportional(cli, tmpfs) -> None:
+    """The 1.5 MB demo export fits an 8 MB disk (the check once asked for ~36 MB)."""
+    small = tmpfs("8m")
+    r = cli("--quiet", "export", "demo:digits", "-o", small / "e")
+    assert r.code == 0, r.text
+    assert (small / "e" / "model.onnx").stat().st_size < 2 << 20
+
+
+# -- the quickstart's verdict when only speed is undecided ------------------------------------------
+
+def test_only_speed_unreliable_says_what_is_usable(cli, tmp_path: Path, demo_export: Path, digits_val: Path) -> None:
+    """Exit 5 stays; the last lines say the accuracy gates passed, where the reports and artifacts are,
+    and how to measure speed again. The report is a real bench's; its speed gate is then made undecided
+    as on a busy machine."""
+    from vitedge import cli as cli_module
+    from vitedge.errors import GateUnreliable
+
+    report_dir = tmp_path / "run" / "report"
+    r = cli("bench", demo_export, "--reference", demo_export, "--data", digits_val, "--report", report_dir,
+            "--gate", "top1_agreement>=0.99", "--gate", "speedup_p50@b1>=0.001", *FAST)
+    assert r.code in (0, 5), r.text  # 5 where this machine is busy: then the CLI already said it
+    if r.code == 5:
+        assert "accuracy gates: 1 of 1 passed" in r.err and "quiet machine" in r.err.strip().splitlines()[-1]
+    report = json.loads((report_dir / "report.json").read_text())
+    report["files"] = {k: str(report_dir / f"report.{k}") for k in ("json", "html")}
+    speed = next(g for g in report["gates"] if g["metric"] == "speedup_p50")
+    speed.update(outcome="unreliable", passed=False)
+
+    def busy() -> None:
+        raise GateUnreliable("1 of 2 gate checks are unreliable (none failed)", report)
+
+    with pytest.raises(GateUnreliable) as caught:
+        cli_module._shown(busy, run_dir=True)
+    assert caught.value.exit_code == 5
+    tail = str(caught.value).splitlines()
+    assert tail[1].startswith("accuracy gates: 1 of 1 passed")
+    assert tail[2].startswith(f"artifacts: {tmp_path / 'run' / 'artifacts'}/")
+    assert tail[3].startswith(f"reports: {report_dir / 'report.json'}")
+    assert "quiet machine" in tail[4]
+    speed["outcome"] = "fail"  # a failure: no such reassurance
+    with pytest.raises(GateUnreliable) as caught:
+        cli_module._shown(busy, run_dir=True)
+    assert "accuracy gates" not in str(caught.value)

@@ -28,6 +28,8 @@ from vitedge.precision.trt_ready import check_trt_ready, find_problems
 from vitedge.validate.metrics import compare_logits
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
+HAVE_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
+ENGINE_EXIT = 0 if HAVE_TRT or HAVE_RTX else 3  # --engine-lib auto: TensorRT on its GPU, or TensorRT-RTX anywhere
 F32, I8 = TensorProto.FLOAT, TensorProto.INT8
 
 
@@ -219,8 +221,8 @@ def test_demo_int8_graph_follows_tensorrt_conventions(int8_artifact: Path) -> No
 def test_without_tensorrt_compile_writes_the_onnx_prints_trtexec_and_exits_3(
         cli, demo_export: Path, digits_calib: Path, digits_val: Path, tmp_path: Path, reference: dict) -> None:
     out = tmp_path / "trt16"
-    r = cli("compile", demo_export, "--target", "tensorrt", "--precision", "fp16", "--calib", digits_calib,
-            "--val", digits_val, "-o", out)
+    r = cli("compile", demo_export, "--target", "tensorrt", "--engine-lib", "tensorrt", "--precision", "fp16",
+            "--calib", digits_calib, "--val", digits_val, "-o", out)
     assert r.code == 3
     errors = [line for line in r.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "TensorRT is not installed" in errors[0]
@@ -245,7 +247,7 @@ def test_without_tensorrt_compile_writes_the_onnx_prints_trtexec_and_exits_3(
     with pytest.raises(EnvironmentProblem, match="TensorRT is not installed"):
         vitedge.load(out)
     r = cli("doctor", "--json")
-    tensorrt = json.loads(r.out)["backends"]["tensorrt"]
+    tensorrt = json.loads(r.out)["backends"]["tensorrt"]["engine_libraries"]["tensorrt"]
     assert tensorrt["reason"] in errors[0] and tensorrt["install"] in errors[0]
 
 
@@ -255,7 +257,7 @@ def test_int8_options_attention_ignored_scope_and_fp16_io(
     r = cli("compile", demo_export, "--target", "tensorrt", "--precision", "int8", "--calib", digits_calib,
             "--calib-size", "100", "--calib-method", "max", "--quantize-attention", "--io", "fp16",
             "--ignored-scope", "blocks.3.mlp.fc2", "-o", out)
-    assert r.code == (0 if HAVE_TRT else 3), r.text
+    assert r.code == ENGINE_EXIT, r.text
     manifest = Manifest.load(out)
     assert manifest["precision_summary"]["int8"] == 18 + 8 - 1  # + attention MatMuls - the ignored fc2
     fc2 = [e for e in manifest["precision_plan"] if e["module"] == "blocks.3.mlp.fc2" and e["op"] == "MatMul"]

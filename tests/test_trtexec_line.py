@@ -82,7 +82,8 @@ def test_recorded_line_equals_the_settings_of_the_python_build(cli, demo_export:
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    r = cli("compile", demo_export, "--target", "tensorrt", "-o", "../out dir/trt", "--batch", "1:4:16",
+    r = cli("compile", demo_export, "--target", "tensorrt", "--engine-lib", "tensorrt", "-o", "../out dir/trt",
+            "--batch", "1:4:16",
             "--workspace", "2", "--opt-level", "5", "--timing-cache", "my caches/vit.cache",
             "--hardware-compat", "ampere+", "--version-compatible")
     artifact_dir = tmp_path / "out dir" / "trt"

@@ -82,7 +82,12 @@ def export(
         module = loaded.module
         params = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) \
             if hasattr(module, "parameters") else 0
-        check_free_space(out_dir, 2 * params + (32 << 20), f"the export of {model}")
+        # model.onnx holds the weights once; its temp twin and the graph's protobuf add about as much
+        check_free_space(out_dir, 2 * params + (1 << 20), f"the export of {model}")
+        from vitedge.limits import check_export_memory
+
+        check_export_memory(module, loaded.preprocessing.input_size, params,
+                            32 if batch == "dynamic" else int(batch))
         return export_model(loaded, out_dir, opset=opset, batch=batch,
                             data=str(data) if data else None, atol=atol, force=force, exporter=exporter)
 
@@ -149,7 +154,7 @@ def doctor() -> dict[str, Any]:
         backends[name] = {"usable": a.usable, "version": a.version, "reason": a.reason,
                           "install": a.install, "precisions": list(backend.precisions),
                           "devices": {d: list(backend.precisions_on(d)) for d in ("cpu", "cuda")
-                                      if backend.precisions_on(d)}}
+                                      if backend.precisions_on(d)}, **backend.doctor_details()}
     try:
         import nncf  # noqa: F401
 

@@ -26,6 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 _flags = {"debug": False, "terminated": False}
+FORCE_HELP = ("Write into an output dir that holds files vitedge did not write: vitedge replaces only what it "
+              "wrote (the files a previous vitedge manifest lists, and files of the names it writes), keeps "
+              "every other file as it is, and prints what it replaced.")
 
 
 def _version(value: bool) -> None:
@@ -84,7 +87,7 @@ def export(
     exporter: Annotated[str, typer.Option(
         help="auto (dynamo, then dynamo with unfused attention, then TorchScript) | dynamo | "
              "dynamo-unfused | torchscript: that exporter only.")] = "auto",
-    force: Annotated[bool, typer.Option(help="Replace OUT even when it is not a previous vitedge export.")] = False,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ) -> None:
     """Export a trained ViT to a validated ONNX + vitedge.json manifest."""
     from vitedge import api
@@ -164,20 +167,19 @@ def compile_cmd(
     val: Annotated[Path | None, typer.Option(help="Labelled validation data: checks the artifact after the "
                                                   "build (and feeds OpenVINO's --max-drop).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the calibration subset.")] = 0,
-    force: Annotated[bool, typer.Option(help="Replace OUT even when it is not a previous compiled artifact.")] = False,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
     **backend_flags: Any,
 ) -> None:
     """Build a backend artifact (OpenVINO IR, ONNX Runtime model, TensorRT engine) from an export.
 
     Each target's own options are grouped below; a flag the chosen target does not take is an error.
     """
-    from vitedge.backends import get_backend
-    from vitedge.backends.base import backend_options
+    from vitedge.backends.base import backend_options, compile_backend
     from vitedge.compile import compile_artifact
     from vitedge.errors import ArtifactIncomplete
     from vitedge.report_cli import print_compile_summary
 
-    backend = get_backend(target)
+    backend = compile_backend(target)
     options = backend_options(backend, backend_flags, cli=True)
     try:
         manifest = compile_artifact(in_dir, out, target=target, precision=precision, calib=calib,
@@ -233,7 +235,7 @@ def bench(
     threads: Annotated[int | None, typer.Option(help="CPU threads for every runner.")] = None,
     trust_source: Annotated[bool, typer.Option(
         help="Let --reference DIR rebuild a source that runs code (.pt2, TorchScript, module:factory).")] = False,
-    force: Annotated[bool, typer.Option(help="Write reports into --report DIR though it holds other files.")] = False,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
     yardstick: Annotated[list[str] | None, typer.Option(
         help="Also time what a user gets without vitedge, reported as ratios and nameable in gates "
              "(repeatable or comma-separated): openvino-default, pytorch-bf16, pytorch-compile, "
@@ -248,15 +250,22 @@ def bench(
                              yardsticks=[n.strip() for v in yardstick or [] for n in v.split(",") if n.strip()]))
 
 
-def _shown(call: typing.Callable[[], Any]) -> None:
-    """Run CALL (a bench, recipe or tune) and print its summary, also when its gates did not all pass."""
-    from vitedge.errors import GateError
-    from vitedge.report_cli import print_result
+def _shown(call: typing.Callable[[], Any], run_dir: bool = False) -> None:
+    """Run CALL (a bench, recipe or tune) and print its summary, also when its gates did not all pass.
+    When only speed gates are undecided (exit 5), the error's last lines say what is usable and how
+    to measure again; RUN_DIR: the result's reports lie in a run dir's report/ (`vitedge run`)."""
+    from vitedge.errors import GateError, GateUnreliable
+    from vitedge.report_cli import print_result, unreliable_epilogue
 
     try:
         result = call()
     except GateError as exc:
         print_result(exc.result)
+        if isinstance(exc, GateUnreliable):
+            files = list(((exc.result or {}).get("files") or {}).values())
+            tail = unreliable_epilogue(exc.result, Path(files[0]).parent.parent if run_dir and files else None)
+            if tail:
+                raise GateUnreliable(f"{exc}\n{tail}", exc.result) from exc
         raise
     print_result(result)
 
@@ -290,7 +299,7 @@ def tune(
              "runs) and pytorch-bf16 (CPUs with bf16), or none.")] = None,
     trust_source: Annotated[bool, typer.Option(
         help="Let the reference rebuild an export whose source runs code (.pt2, TorchScript, factory).")] = False,
-    force: Annotated[bool, typer.Option(help="Write into OUT even when it is not a previous tune's output.")] = False,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ) -> None:
     """The fastest artifact on this machine that passes the gates: build candidates, bench, choose."""
     from vitedge.tune import tune as run_tune
@@ -318,12 +327,12 @@ def run(
     recipe: Annotated[Path, typer.Argument(help="A recipe YAML (see recipes/).")],
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Output directory (overrides the recipe).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: a.b=value.")] = None,
-    force: Annotated[bool, typer.Option(help="Write into OUT even when it is not a previous run's output.")] = False,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ) -> None:
     """Run a recipe: export -> compile -> bench -> gates -> reports, skipping unchanged steps."""
     from vitedge.recipe import run_recipe
 
-    _shown(lambda: run_recipe(recipe, out_dir=out, overrides=set_ or [], force=force))
+    _shown(lambda: run_recipe(recipe, out_dir=out, overrides=set_ or [], force=force), run_dir=True)
 
 
 def _strip_global_flags(argv: list[str]) -> list[str]:
@@ -371,6 +380,27 @@ def _os_error_line(exc: OSError) -> tuple[str, int]:
     return f"{exc.strerror or exc}{where}", 4
 
 
+OUT_OF_MEMORY = ("out of memory; lower the batch (--batch), --max-images or --calib-size, use a smaller "
+                 "model or --img-size, or a machine with more memory")
+
+
+def memory_code(exc: VitedgeError, code: int) -> int:
+    """A vitedge error raised from an allocator's out-of-memory error is exit 3 (the machine), not 4."""
+    from vitedge.limits import allocation_failure
+
+    return 3 if code == 4 and exc.__cause__ is not None and allocation_failure(exc.__cause__) else code
+
+
+def _fail(exc: BaseException, line: str, code: int, label: str = "error") -> typing.NoReturn:
+    """Print LINE (after the traceback with --debug) and exit CODE: the code never depends on --debug."""
+    if _flags["debug"]:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    ui.console.print(f"[red]{label}:[/red] {escape(line)}", soft_wrap=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line and an exit code for every vitedge error."""
     # PyTorch's OpenMP threads must not spin-wait long after a run (bench times runners back to
@@ -396,35 +426,25 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except VitedgeError as exc:
-        if _flags["debug"]:
-            raise
-        ui.console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        sys.exit(exc.exit_code)
+        code = memory_code(exc, exc.exit_code)
+        _fail(exc, str(exc) if code == exc.exit_code else f"{exc}: {OUT_OF_MEMORY}", code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt) as exc:
         _aborted(exc, args)
-    except MemoryError:
-        if _flags["debug"]:
-            raise
-        ui.console.print("[red]error:[/red] out of memory; use a smaller model, --img-size, batch or "
-                         "--max-images, or a machine with more memory", soft_wrap=True)
-        sys.exit(3)
     except OSError as exc:
-        if _flags["debug"]:
-            raise
         line, code = _os_error_line(exc)
-        ui.console.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
-        sys.exit(code)
-    except Exception as exc:  # usage errors (typer's click) and anything unexpected
+        _fail(exc, line, code)
+    except Exception as exc:  # usage errors (typer's click), allocation failures and anything unexpected
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
-        if _flags["debug"]:
-            raise
-        ui.console.print(f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} "
-                         "(re-run with --debug for the traceback and report it)", soft_wrap=True)
-        sys.exit(4)
+        from vitedge.limits import allocation_failure
+
+        if allocation_failure(exc):
+            _fail(exc, OUT_OF_MEMORY, 3)
+        _fail(exc, f"{type(exc).__name__}: {exc} (re-run with --debug for the traceback and report it)", 4,
+              label="internal error")
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)

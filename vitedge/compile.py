@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vitedge import ui
-from vitedge.backends import get_backend
-from vitedge.backends.base import Backend, CompileRequest, artifact_path, backend_options
+from vitedge.backends.base import Backend, CompileRequest, artifact_path, backend_options, compile_backend
 from vitedge.backends.options import Options, as_dict
 from vitedge.data import Tensors, load_tensors, open_image_set
 from vitedge.envinfo import cpu_info, hardware, tool_versions
@@ -44,7 +43,7 @@ def compile_artifact(in_dir: str | Path, out_dir: str | Path, *, target: str, pr
     source = _load_export(in_dir)
     if out_dir.resolve() == in_dir.resolve():
         raise BadInput(f"-o {out_dir} is the export dir itself; give a new directory")
-    backend = get_backend(target)
+    backend = compile_backend(target)
     request = check_request(backend, precision=precision, calib=calib, calib_size=calib_size,
                             calib_method=calib_method, seed=seed, val=val, options=extra, export=source)
     request.out_dir = out_dir
@@ -55,7 +54,7 @@ def compile_artifact(in_dir: str | Path, out_dir: str | Path, *, target: str, pr
     check_output_dir(out_dir, "compiled", force=force, inputs=inputs)
     with output_lock(out_dir):
         export_bytes = sum((in_dir / name).stat().st_size for name in source.get("files", {}))
-        check_free_space(out_dir, 2 * export_bytes + (32 << 20), f"compiling {in_dir}")
+        check_free_space(out_dir, 2 * export_bytes + (4 << 20), f"compiling {in_dir}")
         return _compile_locked(backend, source, in_dir, out_dir, target, precision, request, force, inputs)
 
 
@@ -64,8 +63,7 @@ def _compile_locked(backend: Backend, source: Manifest, in_dir: Path, out_dir: P
     """The compile itself, with OUT_DIR locked and every check done."""
     start = time.perf_counter()
     if request.calib and precision in backend.calibrated_precisions:
-        image_set = open_image_set(request.calib, source.labels).subset(
-            request.calib_size or backend.default_calib_size, request.seed)
+        image_set = _calibration_set(request, source, backend.default_calib_size, in_dir)
         request.calibration = load_tensors(image_set, source.preprocessing, lazy=True,  # read batch by batch
                                            description="calibration images")
     elif request.calib:
@@ -79,7 +77,11 @@ def _compile_locked(backend: Backend, source: Manifest, in_dir: Path, out_dir: P
         if "precision_summary" not in manifest:
             manifest["precision_summary"] = dict(sorted(Counter(e["dtype"] for e in plan).items())) \
                 if plan else {"all": precision}
-        if request.validation is not None and not manifest.incomplete:
+        not_here = backend.cannot_run_here(manifest) if request.validation is not None else None
+        if not_here and not manifest.incomplete:  # built for another machine (TensorRT-RTX ahead of time)
+            ui.warn(f"--val: the artifact cannot run here, so it was not validated ({not_here})")
+            manifest["validation"] = {"data": str(request.val), "skipped": not_here}
+        elif request.validation is not None and not manifest.incomplete:
             manifest["validation"] = _validate(backend, tmp, manifest, artifact_path(in_dir, source), request)
         manifest["compile"] = {
             "seconds": round(time.perf_counter() - start, 2),
@@ -92,6 +94,22 @@ def _compile_locked(backend: Backend, source: Manifest, in_dir: Path, out_dir: P
     if manifest.incomplete:
         raise ArtifactIncomplete(manifest.incomplete["reason"], manifest, out_dir)
     return manifest
+
+
+def _calibration_set(request: CompileRequest, source: Manifest, default_size: int, in_dir: Path) -> Any:
+    """The seeded calibration subset, its memory checked; a --calib-size larger than the data
+    uses every image, and says so."""
+    from vitedge.limits import check_calibration_memory
+
+    full = open_image_set(request.calib, source.labels)
+    wanted = request.calib_size or default_size
+    if request.calib_size and request.calib_size > len(full):
+        ui.warn(f"--calib-size {request.calib_size} is more than the {len(full)} images in "
+                f"{request.calib}; calibrating on all {len(full)}")
+    image_set = full.subset(wanted, request.seed)
+    model_bytes = sum((in_dir / name).stat().st_size for name in source.get("files", {}))
+    check_calibration_memory(source, len(image_set), model_bytes)
+    return image_set
 
 
 def _load_export(in_dir: Path) -> Manifest:

@@ -68,3 +68,18 @@ class GateUnreliable(GateError):
     the bound or other processes loaded the CPU while bench timed. CI may retry."""
 
     exit_code = 5
+
+
+def brief(exc: BaseException, limit: int = 300) -> str:
+    """A third-party error's text in one line: the line that says what is wrong, without the
+    C++ source locations and check expressions OpenVINO and ONNX Runtime put around it (the
+    full text is the cause of the error raised, shown with --debug)."""
+    import re
+
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    noise = re.compile(r"^(Exception from |Check '.*' failed at |\[ ?ONNXRuntimeError ?\] : \d+ : \w+ : $)|"
+                       r"^(?:src|/)\S+\.(?:cpp|cc|h|hpp)(?::\d+)*:?$")
+    useful = [line for line in lines if not noise.match(line)] or lines
+    text = useful[-1] if useful else type(exc).__name__
+    text = re.sub(r"\s*(?:\S+/)?\S+\.(?:cpp|cc|hpp|h):\d+:?\s*", " ", text).strip(" :") or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -57,6 +57,19 @@ def sha256_json(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=str).encode())
 
 
+def not_found(path: str | Path, what: str, expected: str = "file") -> BadInput:
+    """The one-line error for a PATH given as WHAT ("--labels", "recipe") that is not the
+    EXPECTED "file" or "directory": says which it is instead, or that nothing is there."""
+    path = Path(path)
+    if expected == "file" and path.is_dir():
+        return BadInput(f"{what} {path} is a directory; a file is expected here")
+    if expected == "directory" and path.exists() and not path.is_dir():
+        return BadInput(f"{what} {path} is a file; a directory is expected here")
+    if path.exists() and not path.is_file() and not path.is_dir():
+        return BadInput(f"{what} {path} is not a regular {expected}")
+    return BadInput(f"{what} {path} does not exist")
+
+
 # -- atomic files -----------------------------------------------------------------------------
 
 def _tmp_name(path: Path) -> Path:
@@ -195,11 +208,15 @@ def check_output_dir(out_dir: str | Path, kind: str, *, force: bool = False,
                      inputs: Sequence[str | Path] = ()) -> None:
     """Refuse, in one line and before any work, an output dir vitedge may not write.
 
-    KIND is what will be written: "export" or "compiled" (the dir is replaced as a whole),
-    "run" (a recipe's working dir) or "report" (bench reports; only report.* are replaced).
+    KIND is what will be written: "export" or "compiled" (an artifact dir, swapped in as a
+    whole), "run" (a recipe's or tune's working dir) or "report" (bench reports).
     Allowed: a new or empty dir, or a previous vitedge output of the same KIND holding nothing
-    but its own files; anything else only with FORCE. Never allowed, even with FORCE: a dir
-    that holds one of INPUTS, or the current directory (or one above it) for a replaced dir.
+    but its own files; anything else only with FORCE. The one rule of FORCE, for every kind:
+    vitedge replaces only what it wrote (the files a previous manifest lists, and files of
+    the names it writes) and leaves every other file where it is, byte for byte (an artifact
+    dir's other files are hard-linked into the new one, see `atomic_dir`); it says what it
+    replaced. Never allowed, even with FORCE: a dir that holds one of INPUTS, or the current
+    directory (or one above it) for an artifact dir.
     """
     out_dir = Path(out_dir)
     check_writable_parent(out_dir, in_place=kind in ("run", "report"))
@@ -224,24 +241,52 @@ def check_output_dir(out_dir: str | Path, kind: str, *, force: bool = False,
             if not foreign or force:
                 return
             problem = (f"{flag} {out_dir} is a previous vitedge {kind} artifact but also holds files vitedge did "
-                       f"not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}), which "
-                       "replacing it would delete")
+                       f"not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})")
         else:
             what = f"a vitedge {found} artifact" if found else "not empty and not a vitedge artifact"
-            problem = f"{flag} {out_dir} is {what}; writing the {kind} there would replace its contents"
+            problem = f"{flag} {out_dir} is {what}"
     elif kind == "run":
-        if any((out_dir / name).is_file() for name in RUN_STATE_FILES) or force:
+        if any((out_dir / name).is_file() for name in RUN_STATE_FILES):
             return
+        if force:
+            return _say_forced_in_place(out_dir, RUN_STATE_FILES + ("export", "artifacts", "report", "tune",
+                                                                    "candidates", "best", "tune.json"))
         problem = f"{flag} {out_dir} is not empty and not a previous `vitedge run` output"
     elif kind == "report":
-        if _is_report_dir(out_dir) or force:
+        if _is_report_dir(out_dir):
             return
+        if force:
+            return _say_forced_in_place(out_dir, REPORT_FILES)
         problem = f"{flag} {out_dir} is not empty and holds no previous vitedge report"
     else:
         raise ValueError(f"unknown output kind {kind!r}")
     if force:
         return
-    raise BadInput(f"{problem}: choose a new or empty directory, or pass --force to write there anyway")
+    raise BadInput(f"{problem}: choose a new or empty directory, or pass --force to write there "
+                   "(vitedge then replaces only the files it wrote and keeps the others)")
+
+
+def _say_forced_in_place(out_dir: Path, names: Sequence[str]) -> None:
+    """The forced write of a run or report dir: which of NAMES (what vitedge writes there) it will replace."""
+    present = [name for name in names if (out_dir / name).exists()]
+    others = [p.name for p in sorted(out_dir.iterdir()) if p.name not in names and ".vitedge-" not in p.name]
+    _say_forced(out_dir, present, others, verb="replaces")
+
+
+def remove_own(directory: str | Path) -> None:
+    """Remove what vitedge wrote in the artifact DIRECTORY (its manifest's files and the manifest),
+    then the folders left empty; any other file stays, and so does DIRECTORY if one does."""
+    directory = Path(directory)
+    _, own = _manifest_kind(directory)
+    for rel in sorted(own | {MANIFEST_FILE}):
+        path = directory / rel
+        if _is_inside(path.resolve(), directory.resolve()) and (path.is_file() or path.is_symlink()):
+            path.unlink()
+    for folder in sorted((p for p in directory.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 def check_writable_parent(out_dir: Path, in_place: bool = False) -> None:
@@ -324,6 +369,8 @@ def atomic_dir(out_dir: str | Path, *, kind: str = "export", force: bool = False
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; an artifact dir is an ordinary dir
     try:
         yield tmp
+        own = _manifest_kind(out_dir)[1] | {MANIFEST_FILE} if out_dir.is_dir() else set()
+        kept, replaced = _carry_over(out_dir, tmp)
     except BaseException as exc:
         problem = None if isinstance(exc, (KeyboardInterrupt, SystemExit, BadInput)) else disk_problem(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -337,6 +384,62 @@ def atomic_dir(out_dir: str | Path, *, kind: str = "export", force: bool = False
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
+    if force and (kept or any(name not in own for name in replaced)):
+        _say_forced(out_dir, replaced, kept)
+
+
+def _say_forced(out_dir: Path, replaced: Sequence[str], kept: Sequence[str], verb: str = "replaced") -> None:
+    """One line (not with --quiet): what a forced write replaced and what it left alone."""
+    from vitedge import ui
+    from vitedge.ui import escape
+
+    parts = [f"{verb} {len(replaced)} file(s) ({_some(replaced)})" if replaced else f"{verb} nothing",
+             f"kept {len(kept)} file(s) vitedge did not write ({_some(kept)})" if kept else ""]
+    if not ui.is_quiet():
+        ui.console.print(escape(f"--force: {out_dir}: " + "; ".join(p for p in parts if p)), soft_wrap=True)
+
+
+def _some(names: Sequence[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _carry_over(out_dir: Path, new: Path) -> tuple[list[str], list[str]]:
+    """Hard-link into NEW (the finished temp dir) every file of the existing OUT_DIR that vitedge
+    did not write: not listed by OUT_DIR's manifest, not a name NEW holds. Returns (kept, replaced).
+
+    Only a forced write meets such files (`check_output_dir` refuses them otherwise). Links keep
+    them byte-identical without copying; where the filesystem has none, they are copied. OUT_DIR
+    is untouched until the swap, so an interrupt before it loses nothing."""
+    if not out_dir.is_dir() or out_dir.is_symlink():
+        return [], []
+    _, own = _manifest_kind(out_dir)
+    own |= {MANIFEST_FILE}
+    kept: list[str] = []
+    replaced: list[str] = []
+    for path in sorted(out_dir.rglob("*")):
+        rel = path.relative_to(out_dir).as_posix()
+        if ".vitedge-" in path.name:
+            continue
+        target = new / rel
+        clash = rel in own or target.exists() or target.is_symlink() or any(
+            (new / parent).is_file() for parent in Path(rel).parents if str(parent) != ".")
+        if path.is_dir() and not path.is_symlink():
+            if not clash and not any(p for p in path.iterdir()):
+                target.mkdir(parents=True, exist_ok=True)  # the user's empty folder
+            continue
+        if clash:
+            replaced.append(rel)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target, follow_symlinks=False)
+        except OSError:
+            if path.is_symlink():
+                os.symlink(os.readlink(path), target)
+            else:
+                shutil.copy2(path, target)
+        kept.append(rel)
+    return kept, replaced
 
 
 # -- output locks -----------------------------------------------------------------------------

@@ -57,6 +57,8 @@ class Manifest(dict):
         path = artifact_dir / MANIFEST_NAME
         if not artifact_dir.exists():
             raise BadInput(f"{artifact_dir} does not exist")
+        if artifact_dir.is_file():
+            raise BadInput(f"{artifact_dir} is a file; an artifact directory (holding {MANIFEST_NAME}) is expected")
         if not path.is_file():
             raise BadInput(
                 f"{artifact_dir} has no {MANIFEST_NAME}: give a directory written by "
@@ -207,7 +209,21 @@ def validate_manifest(data: dict[str, Any], path: Path) -> None:
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         raise IncompatibleArtifact(f"{path} does not follow the vitedge manifest schema: {key}: "
-                                   f"{error.message[:200]}; re-run the step that wrote this artifact")
+                                   f"{_explain_schema_error(error)}; re-run the step that wrote this artifact")
+
+
+def _explain_schema_error(error: Any) -> str:
+    """ERROR in words: a path that leaves the artifact dir says so, not the schema's regex."""
+    if error.validator == "pattern" and isinstance(error.instance, str) \
+            and "artifact dir" in error.schema.get("description", ""):
+        text = error.instance
+        why = ("is an absolute path" if text.startswith("/") else
+               "starts with ~ (a home directory)" if text.startswith("~") else
+               "has a .. part, which leads out of the artifact dir" if ".." in text.split("/") else
+               "has a . part or an empty part (//)" if "." in text.split("/") or "//" in text else
+               "has a backslash" if "\\" in text else "is not a plain relative path")
+        return f"{text[:120]!r} {why}; every path a manifest names must be a relative path inside the artifact dir"
+    return error.message[:200]
 
 
 def hash_dir(artifact_dir: Path) -> dict[str, str]:

@@ -95,6 +95,15 @@ def print_doctor(report: dict[str, Any]) -> None:
     for name, b in report["backends"].items():
         if not b["usable"]:
             out.print(f"{name}: {escape(b['reason'])}\n  how to get it: {escape(b['install'])}", soft_wrap=True)
+    for name, b in report["backends"].items():
+        for lib, info in (b.get("engine_libraries") or {}).items():
+            state = (f"{info['version']}, builds here: {'yes' if info['builds_here'] else 'no'}, this GPU runs its "
+                     f"engines: {'yes' if info['runs_engines_here'] else 'no'}" if info["version"] else "not installed")
+            uses = " (compile --engine-lib auto uses it)" if info["compile_uses"] else ""
+            why = f"\n    {escape(info['reason'])}" if info["reason"] and info["version"] else ""
+            out.print(f"{name} engine library {lib}: {escape(state)}{uses}{why}", soft_wrap=True)
+        if "driver_gpus" in b and not b["driver_gpus"]:
+            out.print(f"{name}: no NVIDIA GPU seen by the CUDA driver (libcuda) or nvidia-smi")
     cpu = report["hardware"]["cpu"]
     out.print(f"CPU: {cpu['model']} ({cpu['cores']} cores, {cpu['arch']})")
     out.print(f"  ISA: {', '.join(cpu['isa']) or 'none of AVX2/AVX-512/VNNI/BF16/AMX'}")
@@ -109,6 +118,9 @@ def print_doctor(report: dict[str, Any]) -> None:
             out.print(f"GPU {g['index']}: {g['name']} (compute {g['compute_capability']}, {g['memory_gib']} GiB)")
     else:
         out.print("GPU: none visible to PyTorch (CUDA)")
+    for g in report["backends"].get("tensorrt", {}).get("driver_gpus", []):
+        out.print(f"NVIDIA driver: GPU {g['index']}: {g['name']} (compute {g['compute_capability']}, driver "
+                  f"{g.get('driver') or '?'}, CUDA {g.get('cuda_driver') or '?'}; via {g['source']})")
 
 
 def _size(n: int) -> str:
@@ -150,7 +162,9 @@ def print_compile_summary(manifest: Manifest, out_dir: str | Path) -> None:
             table.add_row(str(count), dtype, escape(reason))
         out.print(table)
     val = manifest.get("validation")
-    if val:
+    if val and "skipped" in val:
+        out.print(f"  validation: not run here ({escape(val['skipped'])})", soft_wrap=True)
+    elif val:
         line = (f"  validation ({val['samples']} images vs FP32 ONNX): top-1 agreement {val['top1_agreement']:.4f}, "
                 f"max abs err {val['max_abs_err']:.3g}")
         if "top1_acc" in val:
@@ -244,3 +258,35 @@ def print_tune_summary(result: dict[str, Any]) -> None:
     if result["best_dir"]:
         console.print(f"best artifact: {escape(result['best_dir'])}; report: "
                          f"{escape(str(Path(result['report_dir']) / 'report.html'))}")
+
+
+def unreliable_epilogue(report: dict[str, Any] | None, out_dir: str | Path | None = None) -> str:
+    """What a run whose only undecided gates are speed gates still delivered, for the lines that
+    end its output (the exit code stays 5): the accuracy gates passed, where the artifacts and
+    reports are, and how to measure speed again. Empty when a gate failed or an accuracy gate
+    is itself undecided."""
+    from vitedge.validate.gates import METRICS, PER_BATCH
+
+    if not report or not report.get("gates") or not all(isinstance(g, dict) for g in report["gates"]):
+        return ""
+
+    def speed(gate: dict[str, Any]) -> bool:
+        metrics = [gate.get("metric"), (gate.get("other") or {}).get("metric")]
+        return any(m in METRICS and METRICS[m].group in PER_BATCH for m in metrics)
+
+    gates = report["gates"]
+    if any(outcome(g) == "fail" or (outcome(g) == "unreliable" and not speed(g)) for g in gates):
+        return ""
+    accuracy = [g for g in gates if not speed(g) and outcome(g) != "skipped"]
+    passed = sum(outcome(g) == "pass" for g in accuracy)
+    lines = [f"accuracy gates: {passed} of {len(accuracy)} passed; only speed was undecided (this machine "
+             "was busy or the runs too few), so the artifacts are usable"]
+    files = report.get("files") or {}
+    if out_dir is not None:
+        lines.append(f"artifacts: {Path(out_dir) / 'artifacts'}/ (export: {Path(out_dir) / 'export'}/)")
+    if files:
+        lines.append(f"reports: {', '.join(files.values())}")
+    lines.append("to measure speed again: re-run this command on a quiet machine (nothing else running; "
+                 "a recipe reuses its finished steps), or with more timed runs (--iters, or "
+                 "`--set bench.iters=100` for a recipe)")
+    return "\n".join(lines)

@@ -100,7 +100,7 @@ def load(path: str | Path, backend: str | None = None, *, device: str = "cpu",
     except BadInput as exc:
         raise BadInput(f"{artifact_dir}: {exc}") from exc
     name = impl.name
-    available = impl.availability()
+    available = impl.availability_for(manifest)
     if not available.usable:
         raise EnvironmentProblem(f"cannot run {artifact_dir} on {name}: {available.reason}; {available.install}")
     runner = impl.open_runner(artifact_dir, manifest, device=device, threads=threads, **options)

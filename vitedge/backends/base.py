@@ -142,6 +142,20 @@ class Backend(ABC):
     def availability(self) -> Availability:
         """Whether this backend can run here, and if not, why and how to install it."""
 
+    def doctor_details(self) -> dict[str, Any]:
+        """More for `vitedge doctor` than `availability` says (e.g. TensorRT's engine libraries)."""
+        return {}
+
+    def availability_for(self, manifest: Manifest) -> Availability:
+        """Whether the artifact of MANIFEST can run here (by default: whether the backend can)."""
+        return self.availability()
+
+    def cannot_run_here(self, manifest: Manifest) -> str | None:
+        """Why the artifact of MANIFEST cannot run on this machine (None: it can); compile's --val
+        is skipped, and says so, where it cannot (a TensorRT-RTX engine built on a CPU)."""
+        available = self.availability_for(manifest)
+        return None if available.usable else available.reason
+
     def precisions_on(self, device: str) -> tuple[str, ...]:
         """The precisions it builds for DEVICE ("cpu" or "cuda"); () where it does not run."""
         return self.precisions if self.device_kind in ("any", device) else ()
@@ -196,6 +210,15 @@ def get_backend(name: str) -> Backend:
 def compile_backends() -> dict[str, Backend]:
     """The backends `vitedge compile` can target (those that implement compile)."""
     return {name: b for name, b in all_backends().items() if type(b).compile is not Backend.compile}
+
+
+def compile_backend(name: str) -> Backend:
+    """The backend `--target NAME` compiles with; BadInput listing the compile targets otherwise."""
+    backends = compile_backends()
+    if name not in backends:
+        what = "runs artifacts but does not compile" if name in all_backends() else "is not a known target"
+        raise BadInput(f"--target {name!r} {what}; compile targets are {', '.join(sorted(backends))}")
+    return backends[name]
 
 
 def backend_for_target(target: str) -> Backend:

@@ -24,7 +24,7 @@ from vitedge.backends.options import (
     smoothquant_alpha_option,
     threads_option,
 )
-from vitedge.errors import BadInput, CompileFailed
+from vitedge.errors import BadInput, CompileFailed, brief
 from vitedge.manifest import Manifest
 from vitedge.ortsession import session
 
@@ -106,7 +106,7 @@ class OnnxRuntimeBackend(Backend):
                 try:
                     session(source, optimized_model_path=target, level=OFFLINE_LEVEL)
                 except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-                    raise CompileFailed(f"ONNX Runtime could not optimise {source}: {exc}") from exc
+                    raise CompileFailed(f"ONNX Runtime could not optimise {source}: {brief(exc)}") from exc
             details: dict[str, Any] = {"graph_optimization": OFFLINE_LEVEL}
         else:
             assert request.calibration is not None  # compile_artifact loads it for int8
@@ -131,7 +131,7 @@ class OnnxRuntimeBackend(Backend):
                 h, w = manifest.preprocessing.input_size
                 runner.infer(np.zeros((1, 3, h, w), np.float32))
         except Exception as exc:  # noqa: BLE001
-            raise CompileFailed(f"the compiled ONNX Runtime model does not run: {exc}") from exc
+            raise CompileFailed(f"the compiled ONNX Runtime model does not run: {brief(exc)}") from exc
         manifest["artifact"] = {"model": MODEL_FILE, "format": "onnx", **details}
         manifest["runtime"] = {"threads": threads, "graph_optimization_level": LOAD_LEVEL,
                                "providers": ["CPUExecutionProvider"]}

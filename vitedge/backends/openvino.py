@@ -32,7 +32,7 @@ from vitedge.backends.base import (
 )
 from vitedge.backends.options import Options, ignored_scope_option, option, smoothquant_alpha_option, threads_option
 from vitedge.envinfo import cpu_info
-from vitedge.errors import BadInput, CompileFailed, EnvironmentProblem
+from vitedge.errors import BadInput, CompileFailed, EnvironmentProblem, brief
 from vitedge.manifest import Manifest
 
 MODEL_XML = "model.xml"
@@ -103,6 +103,23 @@ def _resolved(compiled: Any) -> dict[str, Any]:
             "performance_hint": getattr(hint, "name", str(hint)) if hint is not None else None,
             "threads": read("INFERENCE_NUM_THREADS"), "streams": read("NUM_STREAMS")}
 
+
+
+def _check_onnx_parses(path: Path) -> None:
+    """BadInput, naming the file, when PATH is not an ONNX protobuf: OpenVINO would try each of
+    its frontends in turn (TensorFlow's logs its parse errors to stderr) and say only that it
+    "cannot recognize input model". Files over 512 MB are left to OpenVINO: parsing one would
+    add its size to the compile's peak memory."""
+    if path.stat().st_size > 512 << 20:
+        return
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise BadInput(f"{path} is not a valid ONNX model (onnx could not parse it: {brief(exc)}); "
+                       "re-run `vitedge export` to write it again") from exc
 
 class OpenVINORunner(Runner):
     """A compiled OpenVINO model with one infer request; records what precision really runs.
@@ -472,10 +489,11 @@ class OpenVINOBackend(Backend):
             else:
                 source_graph, smoothquant = source, None
             with ui.Step("converting ONNX to OpenVINO IR"):
+                _check_onnx_parses(Path(source_graph))
                 try:
                     ov_model = ov.convert_model(str(source_graph))
                 except Exception as exc:  # noqa: BLE001 - the frontend raises generic errors
-                    raise CompileFailed(f"OpenVINO could not convert {source}: {exc}") from exc
+                    raise CompileFailed(f"OpenVINO could not convert {source}: {brief(exc)}") from exc
         onnx_modules = _module_map(source)
         ignored: set[str] = set()
         kept_float = SchemeFloat([], [], {})
@@ -518,7 +536,7 @@ class OpenVINOBackend(Backend):
                     saved.reshape({saved.inputs[0].get_any_name(): [1, *list(saved.inputs[0].get_partial_shape())[1:]]})
                 compiled = core.compile_model(saved, "CPU", properties)
             except Exception as exc:  # noqa: BLE001
-                raise CompileFailed(f"OpenVINO could not compile the IR: {exc}") from exc
+                raise CompileFailed(f"OpenVINO could not compile the IR: {brief(exc)}") from exc
         resolved = _resolved(compiled)
         if request.precision == "int8":
             details["attention"] = opts.attention
@@ -602,7 +620,7 @@ class OpenVINOBackend(Backend):
         except BadInput:
             raise
         except Exception as exc:  # noqa: BLE001 - NNCF wraps many backend errors
-            raise CompileFailed(f"NNCF quantization failed: {exc}") from exc
+            raise CompileFailed(f"NNCF quantization failed: {brief(exc)}") from exc
         return quantized, matched, details
 
     def summary_line(self, manifest: Manifest) -> str | None:

@@ -148,7 +148,9 @@ def load_model(
     if weights is not None:
         weights = Path(weights)
         if not weights.is_file():
-            raise BadInput(f"weights file {weights} does not exist")
+            from vitedge.fsutil import not_found
+
+            raise not_found(weights, "weights file")
         weights = weights.resolve()  # recorded absolute: a bench from another dir finds it
     if num_classes is not None and num_classes < 1:
         raise BadInput(f"--num-classes must be positive, got {num_classes}")
@@ -244,7 +246,9 @@ def parse_labels(path: str | Path) -> list[str]:
 
     path = Path(path)
     if not path.is_file():
-        raise BadInput(f"labels file {path} does not exist")
+        from vitedge.fsutil import not_found
+
+        raise not_found(path, "labels file")
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         try:

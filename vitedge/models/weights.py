@@ -12,6 +12,23 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "model_ema
 _PREFIXES = ("module.", "_orig_mod.")
 
 
+def _check_checkpoint_format(path: Path) -> None:
+    """BadInput unless PATH looks like what torch.save writes: a zip archive, or a pickle."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except IsADirectoryError:
+        raise BadInput(f"--weights {path} is a directory; give the weights file inside it") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read weights {path}: {exc.strerror or exc}") from exc
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):
+        raise BadInput(f"weights {path} is not a valid PyTorch checkpoint (torch.save writes a zip archive, "
+                       f"older versions a pickle; this file is neither); give a .pth/.pt/.bin from torch.save "
+                       "or a .safetensors file")
+
+
 def read_state_dict(path: Path) -> dict[str, Any]:
     """Load tensors only (never unpickle code); unwrap common checkpoint wrappers."""
     import torch
@@ -25,11 +42,12 @@ def read_state_dict(path: Path) -> dict[str, Any]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise BadInput(f"cannot read weights {path}: not a valid safetensors file ({exc})") from exc
     else:
+        _check_checkpoint_format(path)
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            if "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
                 raise BadInput(
                     f"cannot read weights {path} safely: it pickles code, not just tensors. "
                     "Save `model.state_dict()` (torch.save or safetensors) instead"

@@ -11,9 +11,7 @@ from typing import Any
 import yaml
 
 from vitedge.errors import BadInput
-from vitedge.fsutil import (
-    StepState,
-)
+from vitedge.fsutil import StepState, not_found
 from vitedge.preprocessing import INTERPOLATIONS
 
 STATE_FILE = StepState.FILE
@@ -242,7 +240,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read, override and validate a recipe; every path in the result is absolute."""
     path = Path(path)
     if not path.is_file():
-        raise BadInput(f"recipe {path} does not exist")
+        raise not_found(path, "recipe")
     if path.stat().st_size > MAX_RECIPE_BYTES:
         raise BadInput(f"recipe {path} is {path.stat().st_size / 1e6:.1f} MB; a recipe is at most "
                        f"{MAX_RECIPE_BYTES >> 20} MB")

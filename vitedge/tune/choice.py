@@ -120,7 +120,7 @@ def vs_yardsticks(report: dict[str, Any], chosen: Candidate | None) -> list[dict
 def write_best(out: Path, chosen: Candidate, result: dict[str, Any]) -> None:
     """OUT/best/: a copy of the chosen artifact whose manifest says why it was chosen."""
     source = out / CANDIDATES_DIR / chosen.name
-    with atomic_dir(out / BEST_DIR, kind="compiled") as tmp:
+    with atomic_dir(out / BEST_DIR, kind="compiled", force=True) as tmp:  # keeps files vitedge did not write
         shutil.copytree(source, tmp, dirs_exist_ok=True)
         manifest = Manifest.load(tmp)
         manifest["tune"] = {"chosen": chosen.name, "why": result["why"], "gates": result["gates"],

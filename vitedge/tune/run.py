@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -20,6 +19,7 @@ from vitedge.errors import BadInput, EnvironmentProblem, GateError, GateFailed, 
 from vitedge.fsutil import (
     check_output_dir,
     output_lock,
+    remove_own,
     sha256_json,
     write_json_atomic,
 )
@@ -180,7 +180,7 @@ def _tune(export_dir: Path, out: Path, export: Manifest, targets: list[str], lab
     if chosen is not None:
         write_best(out, chosen, result)
     elif (out / BEST_DIR / MANIFEST_NAME).is_file() and "tune" in Manifest.load(out / BEST_DIR):
-        shutil.rmtree(out / BEST_DIR)  # a choice of an earlier run that no longer holds
+        remove_own(out / BEST_DIR)  # a choice of an earlier run that no longer holds
     write_json_atomic(out / TUNE_FILE, result)
     write_html(report, result, out / REPORT_DIR)
     if chosen is None:
@@ -199,6 +199,7 @@ def _check_inputs(export_dir: Path, out: Path, data: str | Path, calib: str | Pa
     """Every flag problem before any work: (export manifest, targets, labelled data?, gates)."""
     from vitedge.backends import all_backends
     from vitedge.data import open_image_set
+    from vitedge.limits import check_bench_memory
 
     export = _check_export(export_dir)
     from vitedge.backends.pytorch import check_source_trusted
@@ -222,7 +223,9 @@ def _check_inputs(export_dir: Path, out: Path, data: str | Path, calib: str | Pa
         raise BadInput(f"--batch takes positive integers, got {list(batches)}")
     if budget_minutes is not None and budget_minutes <= 0:
         raise BadInput(f"--budget-minutes must be positive, got {budget_minutes}")
-    labelled = open_image_set(data, export.labels).labelled
+    image_set = open_image_set(data, export.labels)
+    labelled = image_set.labelled
+    check_bench_memory(export, len(image_set), batches, runners=1 + len(targets))  # at least one candidate each
     check_output_dir(out, "run", force=force, inputs=[export_dir, data, *([calib] if calib else [])])
     return export, targets, labelled, list(gates) or list(DEFAULT_GATES_LABELLED if labelled
                                                          else DEFAULT_GATES_UNLABELLED)

@@ -268,6 +268,8 @@ def unmet_conditions(report: dict[str, Any]) -> dict[str, str]:
         unmet["vnni"] = gatelib.CONDITIONS["vnni"]
     if report["settings"]["device"] != "cuda":
         unmet["cuda"] = gatelib.CONDITIONS["cuda"]
+    if not {"AMX-INT8", "AMX-BF16"} <= set(report["environment"]["hardware"]["cpu"].get("isa") or []):
+        unmet["amx"] = gatelib.CONDITIONS["amx"]
     return unmet
 
 

@@ -28,6 +28,7 @@ from vitedge import ui
 from vitedge.backends.base import backend_for_target, get_backend
 from vitedge.data import load_tensors, open_image_set
 from vitedge.errors import BadInput, EnvironmentProblem, GateFailed, GateUnreliable
+from vitedge.limits import check_bench_memory
 from vitedge.manifest import MANIFEST_NAME, Manifest
 from vitedge.metrics import compare_logits
 from vitedge.preprocessing import Preprocessing
@@ -134,6 +135,8 @@ def _run_bench(artifacts: Sequence[str | Path], reference: str | Path, data: str
         _check_same_weights(expected, str(path), manifest.get("source", {}), reference)
 
     image_set = open_image_set(data, ref_labels).subset(max_images, seed=0)
+    check_bench_memory(next(iter(manifests.values()))[1], len(image_set), batches,
+                       runners=1 + len(manifests) + len(yardsticks))
     tensors = load_tensors(image_set, pre, description="validation images")
     subjects_view = gatelib.Subjects(list(manifests), _aliases(manifests), list(batches),
                                      tensors.labels is not None, yardsticks=list(yardsticks))

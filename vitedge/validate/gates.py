@@ -98,6 +98,7 @@ SYNTAX = ("METRIC OP NUMBER, NAME:METRIC OP NUMBER, METRIC[NAME] OP METRIC[NAME]
 CONDITIONS = {
     "vnni": "this CPU has no VNNI/AMX INT8 instructions, so INT8 is not expected to be faster than FP32 here",
     "cuda": "bench did not run on a CUDA device",
+    "amx": "this CPU has no AMX (AMX-INT8 and AMX-BF16), the units the AMX INT8 variant is built for",
 }
 _CONDITION = re.compile(r"^(?P<gate>.*?)\s+if\s+(?P<condition>[A-Za-z0-9_-]+)\s*$", re.DOTALL)
 OUTCOMES = ("pass", "fail", "unreliable", "skipped")

@@ -32,6 +32,12 @@ HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS"}  # CLI spelling -> 
 class TensorRTOptions(Options):
     """`vitedge compile --target tensorrt` options."""
 
+    engine_lib: str = option("auto", "Engine library: auto | tensorrt | tensorrt-rtx (auto: TensorRT when it "
+                             "imports, else TensorRT-RTX; docs/tensorrt.md says which GPU needs which).",
+                             choices=("auto", "tensorrt", "tensorrt-rtx"))
+    gpu_arch: str | None = option(None, "TensorRT-RTX: compute capabilities to build for, e.g. sm86,sm89,sm120 "
+                                  "(default: this GPU; without one sm86,sm89,sm120).")
+
     batch: str | None = option(None, "Optimisation profile MIN:OPT:MAX batch sizes (e.g. 1:8:32; default "
                                "1:8:32 for a dynamic-batch export).")
     workspace_gb: float | None = option(None, "Builder workspace limit, GB.", flag="--workspace",
