@@ -82,6 +82,8 @@ def _cell(cell: dict | None) -> str:
         return f"**FAIL** (exit {cell['code']})"
     if cell["outcome"] == "unavailable":
         return "not usable here (exit 3)"
+    if cell["outcome"] == "fails":
+        return "known failure (exit 4)"
     mark = {"plan": "plan", "engine": "engine", "artifact": "ok"}[cell["outcome"]]
     return f"{mark} {cell['cosine_min']:.4f}"
 
@@ -115,7 +117,9 @@ def markdown(result: dict) -> str:
         "the smallest per-image cosine of its logits vs the export's FP32 ONNX on 16 digit images: `ok` "
         "(exit 0, the artifact's own runner), `plan` (exit 3: TensorRT is not installed here, the "
         "TensorRT-ready ONNX is written and its drift is the plan run on CPU with FP16 storage emulated), "
-        "`engine` (exit 0 with a TensorRT engine). An `auto` row says which exporter the fallback chain "
+        "`engine` (exit 0 with a TensorRT engine; without a GPU, TensorRT-RTX builds it ahead of time "
+        "and its drift is the plan's, as for `plan`), `known failure` (the error the case declares, exit 4). "
+        "An `auto` row says which exporter the fallback chain "
         "takes (its graph is the one compiled in that exporter's row). Tolerance (cosine_min): "
         f"{tol}{'; ' + per_case if per_case else ''}.",
         "",
