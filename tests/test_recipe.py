@@ -104,9 +104,14 @@ def test_quickstart_end_to_end_then_resumes(cli, tmp_path: Path) -> None:
     report = json.loads((out / "report" / "report.json").read_text())
     jsonschema.validate(report, load_schema())
     assert [a["name"] for a in report["artifacts"]] == ["openvino-fp32", "openvino-int8", "onnxruntime-fp32",
-                                                        "onnxruntime-int8"]
+                                                        "onnxruntime-int8", "openvino-int8-amx"]
     assert [(a["target"], a["precision"]) for a in report["artifacts"]] == [
-        ("openvino", "fp32"), ("openvino", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+        ("openvino", "fp32"), ("openvino", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+        ("openvino", "int8")]
+    # OpenVINO's free default is timed beside them, and the AMX variant is gated against it on AMX CPUs
+    assert [y["name"] for y in report["yardsticks"]] == ["openvino-default"]
+    amx_gate = next(g for g in report["gates"] if g["gate"].startswith("faster(openvino-int8-amx, openvino-default)"))
+    assert amx_gate["outcome"] in ("pass", "unreliable", "skipped")
     assert report["status"] == ("passed" if first.code == 0 else "unreliable") and len(report["gates"]) >= 4
     undecided = [g for g in report["gates"] if g["outcome"] not in ("pass", "skipped")]
     assert all(g["outcome"] == "unreliable" and g["metric"] == "p50_ms" for g in undecided), undecided
@@ -118,20 +123,20 @@ def test_quickstart_end_to_end_then_resumes(cli, tmp_path: Path) -> None:
     assert manifest["validation"]["top1_agreement"] > 0.9
     state = json.loads((out / STATE_FILE).read_text())["steps"]
     assert set(state) == {"export", "compile openvino-fp32", "compile openvino-int8", "compile onnxruntime-fp32",
-                          "compile onnxruntime-int8"}
+                          "compile onnxruntime-int8", "compile openvino-int8-amx"}
     built = {p: p.stat().st_mtime_ns for p in (out / "artifacts").rglob("model.*")}
 
     # Unchanged: every build step is skipped; an impossible gate still fails the run with exit 1.
     second = cli("run", QUICKSTART, "-o", out, *fast, "--set", "gates=[openvino-int8:size_mb<=0.001]")
     assert second.code == 1, second.text
-    assert second.err.count("unchanged, skipped") == 5
+    assert second.err.count("unchanged, skipped") == 6
     assert "FAIL [openvino-int8:size_mb<=0.001] openvino-int8: size_mb = " in second.err
     assert {p: p.stat().st_mtime_ns for p in built} == built
 
     # A changed compile option rebuilds that target only.
     third = cli("run", QUICKSTART, "-o", out, *fast, "--set", "targets.2.options.threads=1")
     assert third.code in (0, 5), third.text
-    assert third.err.count("unchanged, skipped") == 4
+    assert third.err.count("unchanged, skipped") == 5
     assert "compile onnxruntime-fp32: done" in third.err
     rebuilt = [p for p, t in built.items() if p.stat().st_mtime_ns != t]
     assert [p.parent.name for p in rebuilt] == ["onnxruntime-fp32"]
