@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import re
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,45 +28,49 @@ from vitedge.backends.base import (
     artifact_path,
     register_backend,
 )
+from vitedge.backends.openvino.graph import (
+    SchemeFloat,
+    _ignored,
+    _module_map,
+    attention_matmuls,
+    ov_module_map,
+    plan_counts,
+    runtime_plan,
+    weights_below_floor,
+)
+from vitedge.backends.openvino.runtime import (
+    OpenVINORunner,
+    _ov,
+    _resolved,
+    default_runner,
+    perf_profile,
+    precision_word,
+    runtime_properties,
+)
 from vitedge.backends.options import Options, ignored_scope_option, option, smoothquant_alpha_option, threads_option
 from vitedge.envinfo import cpu_info
-from vitedge.errors import BadInput, CompileFailed, EnvironmentProblem, brief
+from vitedge.errors import BadInput, CompileFailed, brief
 from vitedge.manifest import Manifest
 
+# what scripts and tests import from here, besides the backend itself
+__all__ = ["MODEL_XML", "OpenVINOBackend", "OpenVINOOptions", "OpenVINORunner", "SchemeFloat", "attention_matmuls",
+           "default_runner", "inference_precision_hint", "ov_module_map", "perf_profile", "plan_counts",
+           "precision_word", "runtime_plan", "runtime_properties", "weights_below_floor"]
+
 MODEL_XML = "model.xml"
-# ov.Type names -> the precision words used in manifests and plans.
-_PRECISION_WORDS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8"}
-# Runtime-graph nodes that are data movement or quantizer plumbing, not compute.
-_LAYOUT_LAYERS = frozenset({"Input", "Output", "Const", "Reorder", "Reshape", "Transpose",
-                            "Concatenation", "Gather", "Broadcast", "ShapeOf", "Split", "FakeQuantize",
-                            "StridedSlice", "Squeeze", "Unsqueeze", "Convert"})
-_MATMUL_LAYERS = frozenset({"FullyConnected", "MatMul", "Convolution", "Subgraph", "ScaledAttn"})
 _NNCF_RANGES = {"nncf": None, "minmax": "MINMAX", "percentile": "MEAN_QUANTILE"}
 ATTENTION_CHOICES = ("int8", "float")
 _ATTENTION_FLOAT_REASON = ("attention MatMul kept float (--attention float): OpenVINO's float attention kernel "
                            "is faster than its INT8 one on AMX")
 
 
-def _ov() -> Any:
-    try:
-        import openvino as ov
-    except ImportError as exc:
-        raise EnvironmentProblem("openvino is not installed: pip install openvino nncf") from exc
-    return ov
-
-
-def precision_word(value: Any) -> str:
-    """An ov.Type (or its name) as fp32 / bf16 / fp16 / int8."""
-    name = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
-    return _PRECISION_WORDS.get(name, name)
-
-
 def inference_precision_hint(precision: str, capabilities: list[str]) -> str:
     """The INFERENCE_PRECISION_HINT pinned for an artifact precision on a CPU with CAPABILITIES.
 
-    fp32 and int8 pin f32: FP32 must be honest, and for INT8 the float islands (LayerNorm,
-    Softmax, GELU, residuals) in f32 were faster than in bf16 on ViT-S/16 here (b1 84 vs
-    112 ms) as well as more accurate. fp16 takes the CPU's fastest half type: f16 where the
+    fp32 and int8 pin f32: FP32 must be honest, and for INT8 with dynamic shapes the float islands
+    (LayerNorm, Softmax, GELU, residuals) in f32 were faster than in bf16 on ViT-S/16 (b1 84 vs
+    112 ms) as well as more accurate; `--float-precision bf16` (with `--shapes static`, the AMX
+    variant) overrides it for INT8. fp16 takes the CPU's fastest half type: f16 where the
     CPU has it, else bf16, else f32 (and the manifest says which one ran). bf16 always pins bf16,
     so an artifact built elsewhere runs bf16 on a CPU with AVX-512 BF16 or AMX; a CPU without
     bf16 arithmetic ignores the hint and runs f32, which the runner reads back (precision_run).
@@ -80,28 +82,6 @@ def inference_precision_hint(precision: str, capabilities: list[str]) -> str:
     if "FP16" in capabilities:
         return "f16"
     return "bf16" if "BF16" in capabilities else "f32"
-
-
-def runtime_properties(runtime: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
-    """compile_model properties from a manifest's "runtime" key; THREADS overrides its threads."""
-    props = dict(runtime.get("properties") or {"INFERENCE_PRECISION_HINT": "f32"})
-    if threads:
-        props["INFERENCE_NUM_THREADS"] = int(threads)
-    return props
-
-
-def _resolved(compiled: Any) -> dict[str, Any]:
-    """What the plugin actually chose, read back from the compiled model."""
-    def read(key: str) -> Any:
-        try:
-            return compiled.get_property(key)
-        except Exception:  # noqa: BLE001 - a property the device does not expose
-            return None
-
-    hint = read("PERFORMANCE_HINT")
-    return {"inference_precision": precision_word(read("INFERENCE_PRECISION_HINT")),
-            "performance_hint": getattr(hint, "name", str(hint)) if hint is not None else None,
-            "threads": read("INFERENCE_NUM_THREADS"), "streams": read("NUM_STREAMS")}
 
 
 
@@ -120,277 +100,6 @@ def _check_onnx_parses(path: Path) -> None:
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise BadInput(f"{path} is not a valid ONNX model (onnx could not parse it: {brief(exc)}); "
                        "re-run `vitedge export` to write it again") from exc
-
-class OpenVINORunner(Runner):
-    """A compiled OpenVINO model with one infer request; records what precision really runs.
-
-    STATIC (`--shapes static`): the model is reshaped to each input shape and compiled for it on
-    first use (at most MAX_SHAPES kept, least recently used dropped): OpenVINO's CPU plugin runs
-    static shapes faster than a dynamic batch, most of all for INT8 with a bf16 float remainder,
-    whose dynamic-shape graph is cut by reorders (ViT-S/16 b8, 4 threads on an AMX Xeon: 64 ms
-    static vs 84 ms dynamic).
-    """
-
-    name = "openvino"
-    MAX_SHAPES = 4
-
-    def __init__(self, model_xml: Path, properties: dict[str, Any], device: str = "CPU",
-                 static: bool = False) -> None:
-        super().__init__()
-        ov = _ov()
-        self.core = ov.Core()
-        self.model = self.core.read_model(str(model_xml))
-        self.properties, self.device, self.static = properties, device, static
-        self._by_shape: OrderedDict[tuple[int, ...], tuple[Any, Any]] = OrderedDict()
-        if static:
-            shape = [1, *[d.get_length() if d.is_static else 224 for d in self.model.inputs[0].get_partial_shape()][1:]]
-            self.compiled, self.request = self._compile_for(tuple(shape))
-        else:
-            self.compiled = self.core.compile_model(self.model, device, properties)
-            self.request = self.compiled.create_infer_request()
-        resolved = _resolved(self.compiled)
-        self.info = {"backend": "openvino", "device": device.lower(),
-                     "precision_run": resolved["inference_precision"], "threads": resolved["threads"],
-                     "streams": resolved["streams"], "performance_hint": resolved["performance_hint"],
-                     "properties": properties, "shapes": "static" if static else "dynamic"}
-
-    def _compile_for(self, shape: tuple[int, ...]) -> tuple[Any, Any]:
-        """The compiled model and request for one static input SHAPE (compiled on first use)."""
-        if shape in self._by_shape:
-            self._by_shape.move_to_end(shape)
-            return self._by_shape[shape]
-        self.model.reshape({self.model.inputs[0].get_any_name(): list(shape)})
-        compiled = self.core.compile_model(self.model, self.device, self.properties)
-        self._by_shape[shape] = (compiled, compiled.create_infer_request())
-        while len(self._by_shape) > self.MAX_SHAPES:
-            self._by_shape.popitem(last=False)
-        return self._by_shape[shape]
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        request = self._compile_for(tuple(x.shape))[1] if self.static else self.request
-        request.infer({0: x})
-        return request.get_output_tensor(0).data.copy()
-
-    def close(self) -> None:
-        self.request = None
-        self.compiled = None
-        self._by_shape.clear()
-
-
-def default_runner(onnx_path: Path, threads: int | None = None) -> OpenVINORunner:
-    """The yardstick "OpenVINO default": what `ov.Core().compile_model("model.onnx", "CPU")` gives a
-    user for free (default properties: bf16 on CPUs with AMX or AVX-512 BF16), with only the thread
-    budget set so that every runner bench times has the same cores."""
-    runner = OpenVINORunner(onnx_path, {"INFERENCE_NUM_THREADS": int(threads)} if threads else {})
-    runner.info["yardstick"] = "OpenVINO default: the FP32 ONNX, default properties"
-    return runner
-
-
-def perf_profile(model_path: Path, properties: dict[str, Any], batch: int, iters: int = 10,
-                 static: bool = False) -> list[dict[str, Any]]:
-    """Where an OpenVINO model's time goes: its per-node performance counters (PERF_COUNT) at BATCH,
-    summed over ITERS runs by node type and kernel (the kernel name carries the precision it ran
-    in, e.g. brgemm_avx512_amx_I8), ms per run, most expensive first."""
-    props = {**properties, "PERF_COUNT": True}
-    runner = OpenVINORunner(model_path, props, static=static)
-    shape = [batch, *[d.get_length() if d.is_static else 224
-                      for d in runner.model.inputs[0].get_partial_shape()][1:]]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    totals: dict[tuple[str, str], list[float]] = {}
-    try:
-        for i in range(iters + 2):
-            runner.infer(x)
-            if i < 2:
-                continue  # warm-up
-            request = runner._compile_for(tuple(shape))[1] if static else runner.request
-            for info in request.profiling_info:
-                key = (info.node_type, info.exec_type)
-                row = totals.setdefault(key, [0.0, 0])
-                row[0] += info.real_time.total_seconds() * 1e3 / iters
-                row[1] += 1
-    finally:
-        runner.close()
-    rows = [{"node_type": k[0], "kernel": k[1], "ms": v[0], "nodes": v[1] // iters} for k, v in totals.items()]
-    return sorted(rows, key=lambda r: -r["ms"])
-
-
-def _module_map(onnx_path: Path) -> dict[str, str | None]:
-    """ONNX node name -> PyTorch module (OpenVINO keeps ONNX node names as op names)."""
-    import onnx
-
-    from vitedge.onnx_utils import module_name
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {n.name: module_name(n) for n in model.graph.node}
-
-
-def ov_module_map(ov_model: Any, onnx_modules: dict[str, str | None]) -> dict[str, str | None]:
-    """OpenVINO op name -> PyTorch module.
-
-    Ops converted from an ONNX node carry its name (a Linear's MatMul keeps `node_MatMul_12`);
-    ops OpenVINO or NNCF created (MVN_42, FakeQuantize, SmoothQuant scales) take the module of
-    the nearest consumer that has one.
-    """
-    result: dict[str, str | None] = {}
-    for op in reversed(list(ov_model.get_ordered_ops())):  # consumers before producers
-        name = op.get_friendly_name()
-        base = name.split("/")[0]
-        if base in onnx_modules:
-            result[name] = onnx_modules[base]
-            continue
-        consumers = [t.get_node().get_friendly_name() for out in op.outputs() for t in out.get_target_inputs()]
-        result[name] = next((result[c] for c in consumers if result.get(c)), None)
-    return result
-
-
-def runtime_plan(compiled: Any, modules: dict[str, str | None], precision: str,
-                 ignored: set[str], accuracy_control: bool,
-                 kept_float: dict[str, str] | None = None, attention_float: bool = False) -> list[dict[str, Any]]:
-    """Every compute node of the compiled runtime graph with the precision it really runs in.
-
-    MODULES maps OpenVINO op names to PyTorch modules (`ov_module_map`); IGNORED holds the op
-    names the user's --ignored-scope matched; KEPT_FLOAT the op names the INT8 scheme kept
-    float, with why.
-    """
-    kept_float = kept_float or {}
-    hint = precision_word(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    plan = []
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        rt = op.get_rt_info()
-        layer = rt["layerType"].astype(str)
-        if layer in _LAYOUT_LAYERS:
-            continue
-        names = [n for n in rt["originalLayersNames"].astype(str).split(",") if n]
-        module = next((modules[n] for n in names if modules.get(n)), None)
-        dtype = precision_word(rt["runtimePrecision"].astype(str))
-        if dtype == "int8" and layer == "Subgraph" and attention_float:
-            reason = (f"attention in {hint} (--attention float); OpenVINO fused the next MatMul's INT8 input "
-                      "quantizer into its output")
-        elif dtype == "int8":
-            reason = ("INT8 attention (NNCF quantizes the SDPA inputs)" if layer == "Subgraph"
-                      else "INT8 (NNCF: per-channel weights, per-tensor activations)")
-        elif precision != "int8":
-            reason = (f"{precision} artifact, inference precision {hint}" if dtype == hint
-                      else f"{precision} artifact; OpenVINO keeps this op in {dtype}")
-        elif any(n in ignored for n in names):
-            reason = "excluded by --ignored-scope"
-        elif any(n in kept_float for n in names):
-            reason = next(kept_float[n] for n in names if n in kept_float)
-        elif layer in _MATMUL_LAYERS:
-            reason = ("reverted to float by accuracy control (--max-drop)" if accuracy_control
-                      else "not quantized by NNCF")
-        elif layer == "MVN":
-            reason = "LayerNorm stays float (NNCF TRANSFORMER scheme)"
-        elif layer == "Softmax":
-            reason = "Softmax stays float (NNCF TRANSFORMER scheme)"
-        else:
-            reason = "elementwise (bias/residual Add, GELU, scaling) stays float (NNCF TRANSFORMER scheme)"
-        plan.append({"node": ",".join(names) or op.get_friendly_name(), "op": layer, "module": module,
-                     "dtype": dtype, "reason": reason})
-    return plan
-
-
-def _ignored(scope: Any, ov_model: Any, onnx_modules: dict[str, str | None]) -> tuple[list[str], set[str]]:
-    """--ignored-scope on an ov.Model: (names for nncf.IgnoredScope, every op name it matches).
-
-    Names are OpenVINO op names or PyTorch module names (turned into the ops converted from
-    that module's ONNX nodes); regexes (re.search, as NNCF does) and types are matched
-    against OpenVINO op names and types.
-    """
-    ops = {op.get_friendly_name(): op.get_type_name() for op in ov_model.get_ops()}
-    names: list[str] = []
-    for name in scope.names:
-        by_module = sorted(op for op in ops if onnx_modules.get(op.split("/")[0]) == name)
-        names.extend([name] if name in ops else by_module or [name])  # no match: NNCF reports it
-    matched = {op for op, kind in ops.items()
-               if op in names or kind in scope.types or any(re.search(p, op) for p in scope.patterns)}
-    return names, matched
-
-
-_WEIGHTED_OPS = ("MatMul", "Convolution", "GroupConvolution")
-_WEIGHT_PATH_OPS = ("Convert", "Reshape", "Transpose", "Unsqueeze", "Squeeze")
-
-
-def weights_below_floor(ov_model: Any, floor: float) -> dict[str, float]:
-    """MatMul/Conv ops (name -> largest |w|) whose constant weights are all smaller than FLOOR
-    and not all zero (zeros quantize exactly: e.g. a residual branch whose BatchNorm gamma is
-    initialised to 0).
-
-    Read on the OpenVINO model NNCF quantizes, after OpenVINO's conversion has folded scales
-    (e.g. a layer scale) into the weights.
-    """
-    found: dict[str, float] = {}
-    for op in ov_model.get_ordered_ops():
-        if op.get_type_name() not in _WEIGHTED_OPS:
-            continue
-        node = op.input_value(1).get_node()
-        while node.get_type_name() in _WEIGHT_PATH_OPS:
-            node = node.input_value(0).get_node()
-        if node.get_type_name() != "Constant":
-            continue  # activation x activation (attention) MatMul
-        weights = node.get_data()
-        if weights.dtype.kind == "f" and weights.size:
-            largest = float(np.abs(weights).max())
-            if 0 < largest < floor:
-                found[op.get_friendly_name()] = largest
-    return found
-
-
-@dataclass(frozen=True)
-class SchemeFloat:
-    """What an INT8 scheme keeps float on one ov.Model: op names and op types for NNCF's ignored
-    scope, and every such op name with why (for the precision plan)."""
-
-    names: list[str]
-    types: list[str]
-    reasons: dict[str, str]
-
-    @classmethod
-    def of(cls, ov_model: Any, scheme: Any) -> "SchemeFloat":
-        from vitedge.precision.scheme import NNCF_WEIGHT_RANGE_FLOOR
-
-        below = weights_below_floor(ov_model, NNCF_WEIGHT_RANGE_FLOOR)
-        reasons = {name: (f"kept float: weights below NNCF's range floor (largest |w| {largest:.1e} < "
-                          f"{NNCF_WEIGHT_RANGE_FLOOR:g}): INT8 would use fewer than 127 levels")
-                   for name, largest in below.items()}
-        present = {op.get_type_name() for op in ov_model.get_ops()}
-        types = [t for t in scheme.float_op_types if t in present]  # NNCF rejects types it cannot find
-        for op in ov_model.get_ops():
-            if op.get_type_name() in types:
-                reasons[op.get_friendly_name()] = f"kept float by the {scheme.kind} INT8 scheme"
-        return cls(sorted(below), types, reasons)
-
-    def with_names(self, names: list[str], reason: str) -> "SchemeFloat":
-        """This scheme with NAMES kept float too, for REASON."""
-        return SchemeFloat(sorted({*self.names, *names}), self.types,
-                           {**self.reasons, **{name: reason for name in names}})
-
-
-def attention_matmuls(ov_model: Any) -> list[str]:
-    """Attention's ops in OV_MODEL: ScaledDotProductAttention (the ONNX frontend fuses exported attention
-    into it) and MatMuls whose two inputs are activations (an unfused q@kT and attn@v), also on
-    a quantized or weight-compressed model (weights behind FakeQuantize or Convert/Subtract/Multiply)."""
-    path_ops = (*_WEIGHT_PATH_OPS, "FakeQuantize", "Subtract", "Multiply")
-
-    def constant(node: Any, depth: int = 0) -> bool:
-        if node.get_type_name() == "Constant":
-            return True
-        if node.get_type_name() not in path_ops or depth > 8:
-            return False
-        return all(constant(v.get_node(), depth + 1) for v in node.input_values())
-
-    return [op.get_friendly_name() for op in ov_model.get_ordered_ops()
-            if op.get_type_name() == "ScaledDotProductAttention"  # OpenVINO's fused attention op
-            or (op.get_type_name() == "MatMul" and not any(constant(op.input_value(i).get_node()) for i in range(2)))]
-
-
-def plan_counts(plan: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Nodes of a runtime precision plan counted by op type and the precision they ran in."""
-    counts: dict[str, dict[str, int]] = {}
-    for row in plan:
-        by_dtype = counts.setdefault(row["op"], {})
-        by_dtype[row["dtype"]] = by_dtype.get(row["dtype"], 0) + 1
-    return counts
 
 
 @contextlib.contextmanager
@@ -663,3 +372,4 @@ def _top1_accuracy(compiled_model: Any, items: Any) -> float:
         correct += int((np.argmax(logits, axis=1) == labels).sum())
         total += len(labels)
     return correct / max(total, 1)
+
