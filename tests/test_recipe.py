@@ -108,10 +108,9 @@ def test_quickstart_end_to_end_then_resumes(cli, tmp_path: Path) -> None:
     assert [(a["target"], a["precision"]) for a in report["artifacts"]] == [
         ("openvino", "fp32"), ("openvino", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
         ("openvino", "int8")]
-    # OpenVINO's free default is timed beside them, and the AMX variant is gated against it on AMX CPUs
+    # OpenVINO's free default is timed beside them, and every artifact is stated against it
     assert [y["name"] for y in report["yardsticks"]] == ["openvino-default"]
-    amx_gate = next(g for g in report["gates"] if g["gate"].startswith("faster(openvino-int8-amx, openvino-default)"))
-    assert amx_gate["outcome"] in ("pass", "unreliable", "skipped")
+    assert all({r["yardstick"] for r in a["vs_yardsticks"]} == {"openvino-default"} for a in report["artifacts"])
     assert report["status"] == ("passed" if first.code == 0 else "unreliable") and len(report["gates"]) >= 4
     undecided = [g for g in report["gates"] if g["outcome"] not in ("pass", "skipped")]
     assert all(g["outcome"] == "unreliable" and g["metric"] == "p50_ms" for g in undecided), undecided
