@@ -134,3 +134,20 @@ def test_perf_profile_sums_openvino_counters_by_node_type_and_kernel(amx_artifac
     assert "FullyConnected" in kinds
     assert all(r["ms"] >= 0 and r["nodes"] >= 1 for r in rows)
     assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
+
+
+@pytest.mark.slow
+def test_torch_compile_yardsticks_run(demo_export: Path, digits_val: Path) -> None:
+    """torch.compile (inductor, ~1 min on 2 cores) as a yardstick: compiled during warm-up, timed after."""
+    from vitedge.errors import GateError
+    from vitedge.validate.bench import run_bench
+
+    try:
+        report = run_bench([demo_export], reference=demo_export, data=digits_val, batches=[1], max_images=16,
+                           warmup=2, iters=3, yardsticks=["pytorch-compile", "pytorch-compile-bf16"])
+    except GateError as exc:
+        report = exc.result
+    by_name = {y["name"]: y for y in report["yardsticks"]}
+    assert by_name["pytorch-compile"]["runtime"]["torch_compile"] is True
+    assert by_name["pytorch-compile-bf16"]["runtime"]["autocast"] == "bf16"
+    assert by_name["pytorch-compile"]["drift"]["cosine_min"] > 0.9999  # FP32 compiled = the reference
