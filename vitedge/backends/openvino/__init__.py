@@ -60,8 +60,8 @@ __all__ = ["MODEL_XML", "OpenVINOBackend", "OpenVINOOptions", "OpenVINORunner", 
 MODEL_XML = "model.xml"
 _NNCF_RANGES = {"nncf": None, "minmax": "MINMAX", "percentile": "MEAN_QUANTILE"}
 ATTENTION_CHOICES = ("int8", "float")
-_ATTENTION_FLOAT_REASON = ("attention MatMul kept float (--attention float): OpenVINO's float attention kernel "
-                           "is faster than its INT8 one on AMX")
+_ATTENTION_FLOAT_REASON = ("attention kept float (--attention float): OpenVINO runs it in its float "
+                           "(bf16/f32) attention kernel")
 
 
 def inference_precision_hint(precision: str, capabilities: list[str]) -> str:
@@ -132,8 +132,10 @@ class OpenVINOOptions(Options):
     ignored_scope: list[str] = ignored_scope_option()
     smoothquant_alpha: float | None = smoothquant_alpha_option()
     attention: str = option("int8", "INT8: quantize attention's activation x activation MatMuls (int8, NNCF's "
-                            "TRANSFORMER default) or keep them float (float: OpenVINO's bf16/f32 attention kernel, "
-                            "faster than its INT8 one on AMX).", choices=ATTENTION_CHOICES)
+                            "TRANSFORMER default) or keep them float (float: OpenVINO's bf16/f32 attention kernel; "
+                            "with a bf16 remainder as fast as INT8 attention on an AMX Xeon, a little more "
+                            "accurate).",
+                            choices=ATTENTION_CHOICES)
     float_precision: str = option("f32", "INT8: the precision of what stays float (LayerNorm, Softmax, GELU, "
                                   "residuals, float attention): f32 | bf16 (CPUs with AVX-512 BF16 or AMX).",
                                   choices=("f32", "bf16"))
