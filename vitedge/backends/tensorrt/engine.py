@@ -69,14 +69,8 @@ def build_engine(onnx_path: Path, engine_path: Path, settings: EngineSettings, l
     reused = bool(saved) and config.set_timing_cache(config.create_timing_cache(saved), ignore_mismatch=False)
     if not reused:
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-    start = time.perf_counter()
-    with ui.Step(f"building the TensorRT engine on {gpu['name']}"), PeakRss() as peak:
-        plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise CompileFailed("TensorRT could not build the engine (its log above says why); a larger "
-                            "--workspace or a lower --opt-level may help")
-    seconds = time.perf_counter() - start
-    engine = _save(plan, engine_path)
+    engine, seconds, peak = _build_and_save(builder, network, config, engine_path, "TensorRT",
+                                            f"building the TensorRT engine on {gpu['name']}")
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(f".{cache_file.name}.tmp")
@@ -115,15 +109,9 @@ def _build_rtx(trt: Any, builder: Any, network: Any, config: Any, engine_path: P
                 raise CompileFailed(f"TensorRT-RTX {trt.__version__} refused compute capability {cc}")
         targets = list(archs)
     where = f"on {gpus[0]['name']}" if gpus else "ahead of time on this CPU (no GPU)"
-    start = time.perf_counter()
-    with ui.Step(f"building the TensorRT-RTX engine for compute capability {', '.join(targets)} {where}"), \
-            PeakRss() as peak:
-        plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise CompileFailed("TensorRT-RTX could not build the engine (its log above says why); a larger "
-                            "--workspace or a lower --opt-level may help")
-    seconds = time.perf_counter() - start
-    engine = _save(plan, engine_path)
+    engine, seconds, peak = _build_and_save(
+        builder, network, config, engine_path, "TensorRT-RTX",
+        f"building the TensorRT-RTX engine for compute capability {', '.join(targets)} {where}")
     built_on: dict[str, Any] = (
         {"device": "gpu", "gpu": gpus[0]["name"], "compute_capability": gpus[0]["compute_capability"],
          "driver": gpus[0].get("driver")} if gpus else
@@ -137,6 +125,19 @@ def _build_rtx(trt: Any, builder: Any, network: Any, config: Any, engine_path: P
                               "note": "written beside the engine at the first load on a GPU (kernels JIT-compiled "
                                       "there); not in `files` (dot-named): TensorRT-RTX itself rejects a cache "
                                       "from another GPU, driver or version"}}
+
+
+def _build_and_save(builder: Any, network: Any, config: Any, engine_path: Path, library: str,
+                    step: str) -> tuple[dict[str, Any], float, "PeakRss"]:
+    """Build the serialized engine (timed, peak RSS sampled) and write it: (file record, seconds, peak)."""
+    start = time.perf_counter()
+    with ui.Step(step), PeakRss() as peak:
+        plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise CompileFailed(f"{library} could not build the engine (its log above says why); a larger "
+                            "--workspace or a lower --opt-level may help")
+    seconds = time.perf_counter() - start
+    return _save(plan, engine_path), seconds, peak
 
 
 def _save(plan: Any, engine_path: Path) -> dict[str, Any]:
