@@ -111,7 +111,7 @@ def test_bench_with_the_pytorch_reference_on_cuda_end_to_end(cli, demo_export: P
     report_dir = tmp_path / "report"
     r = cli("bench", demo_export, ort, "--reference", demo_export, "--data", digits_val, "--device", "cuda",
             "--batch", batches, "--gate", "export:max_abs_err<=1e-3", "--gate", "top1_agreement>=0.97",
-            "--report", report_dir)
+            "--yardstick", "pytorch-fp16", "--report", report_dir)
     assert r.code == 0, r.text
     report = json.loads((report_dir / "report.json").read_text())
     ref = report["reference"]
@@ -119,5 +119,11 @@ def test_bench_with_the_pytorch_reference_on_cuda_end_to_end(cli, demo_export: P
     assert ref["gpu_mb"] > 0 and all(row["measured"] and row["p50_ms"] > 0 for row in ref["latency"])
     export = next(a for a in report["artifacts"] if a["name"].startswith("export"))
     assert export["drift"]["top1_agreement"] == 1.0  # real FP32 on the GPU: TF32 is off
+    (fp16,) = report["yardsticks"]  # PyTorch FP16 (autocast) on the same GPU, timed in the same run
+    assert fp16["name"] == "pytorch-fp16" and fp16["runtime"]["precision_run"] == "fp16"
+    assert fp16["drift"]["top1_agreement"] >= 0.97 and all(row["p50_ms"] > 0 for row in fp16["latency"])
+    assert {(r["yardstick"], r["batch"]) for r in export["vs_yardsticks"]} == {("pytorch-fp16", 1), ("pytorch-fp16", 8)}
     print("\nPyTorch FP32 (TF32 off) on " + GPU["name"] + ": "
-          + ", ".join(f"b{row['batch']} p50 {row['p50_ms']:.3f} ms" for row in ref["latency"]))
+          + ", ".join(f"b{row['batch']} p50 {row['p50_ms']:.3f} ms" for row in ref["latency"])
+          + "; FP16 autocast: " + ", ".join(f"b{row['batch']} p50 {row['p50_ms']:.3f} ms" for row in fp16["latency"])
+          + f"; GPU memory of the reference {ref['gpu_mb']:.1f} MB")

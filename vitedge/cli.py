@@ -238,8 +238,8 @@ def bench(
     force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
     yardstick: Annotated[list[str] | None, typer.Option(
         help="Also time what a user gets without vitedge, reported as ratios and nameable in gates "
-             "(repeatable or comma-separated): openvino-default, pytorch-bf16, pytorch-compile, "
-             "pytorch-compile-bf16.")] = None,
+             "(repeatable or comma-separated): openvino-default, pytorch-bf16, pytorch-fp16 (CUDA), "
+             "pytorch-compile, pytorch-compile-bf16.")] = None,
 ) -> None:
     """Accuracy drift and latency of artifacts vs the PyTorch reference, with gates and reports."""
     from vitedge.validate.bench import run_bench
@@ -295,8 +295,8 @@ def tune(
     max_images: Annotated[int | None, typer.Option(help="Validate on at most N images (seeded).")] = None,
     yardstick: Annotated[str | None, typer.Option(
         help="What the pick is compared with besides PyTorch FP32 (comma-separated): openvino-default, "
-             "pytorch-bf16, pytorch-compile, pytorch-compile-bf16; default openvino-default (where OpenVINO "
-             "runs) and pytorch-bf16 (CPUs with bf16), or none.")] = None,
+             "pytorch-bf16, pytorch-fp16, pytorch-compile, pytorch-compile-bf16; default openvino-default (where "
+             "OpenVINO runs) and pytorch-bf16 (CPUs with bf16), pytorch-fp16 on a CUDA GPU, or none.")] = None,
     trust_source: Annotated[bool, typer.Option(
         help="Let the reference rebuild an export whose source runs code (.pt2, TorchScript, factory).")] = False,
     force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,

@@ -302,6 +302,7 @@ def _latency_input(x: np.ndarray, batch: int) -> np.ndarray:
 class _MemoryBefore:
     rss: int
     gpu_free: int | None  # free device memory (bytes), for runners on a CUDA device
+    gpu_allocated: int = 0  # what torch's allocator holds for tensors (bytes)
 
 
 def _gpu_free(device: str) -> int | None:
@@ -315,6 +316,27 @@ def _gpu_free(device: str) -> int | None:
     return int(torch.cuda.mem_get_info(torch.device(device))[0])
 
 
+def _gpu_allocated(device: str) -> int:
+    """Bytes torch's caching allocator has handed out for tensors on DEVICE (0 for the CPU)."""
+    if not device.startswith("cuda"):
+        return 0
+    import torch
+
+    return int(torch.cuda.memory_allocated(torch.device(device)))
+
+
+def _gpu_before(device: str) -> tuple[int | None, int]:
+    """(free device memory, torch-allocated bytes) before a load. torch's cache is emptied first:
+    blocks an earlier runner freed would otherwise be reused without the driver seeing them, and
+    the load would look free."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+    return _gpu_free(device), _gpu_allocated(device)
+
+
 def _measure_load(backend: str, device: str, load: Callable[[], Any]) -> tuple[Any, float, _MemoryBefore]:
     """(what load() returns, its seconds, memory before it), after importing the backend's library
     (so that the first artifact of a backend is not charged the library's import time and memory)."""
@@ -322,7 +344,7 @@ def _measure_load(backend: str, device: str, load: Callable[[], Any]) -> tuple[A
         importlib.import_module(get_backend(backend).runtime_module or backend)
     except ImportError:
         pass  # load() reports the missing runtime with its install hint
-    before = _MemoryBefore(process_rss_bytes(), _gpu_free(device))
+    before = _MemoryBefore(process_rss_bytes(), *_gpu_before(device))
     start = time.perf_counter()
     loaded = load()
     return loaded, time.perf_counter() - start, before
@@ -335,7 +357,10 @@ def _first_inference(subject: Subject, probe: np.ndarray, before: _MemoryBefore,
     subject.first_infer_ms = float(subject.runner.last_ms)
     subject.rss_bytes = max(process_rss_bytes() - before.rss, 0)
     if before.gpu_free is not None:
-        subject.gpu_bytes = max(before.gpu_free - (_gpu_free(device) or 0), 0)
+        # the driver's view counts TensorRT's and ONNX Runtime's allocations; torch's view counts
+        # tensors placed in blocks the allocator already held; the larger is the cost of this load
+        subject.gpu_bytes = max(before.gpu_free - (_gpu_free(device) or 0),
+                                _gpu_allocated(device) - before.gpu_allocated, 0)
 
 
 def _open_reference(reference: str | Path, ref_dir: Path | None, loaded: Any, device: str, threads: int,

@@ -61,6 +61,8 @@ YARDSTICKS: dict[str, Yardstick] = {y.name: y for y in (
               'OpenVINO on the FP32 ONNX with default properties (ov.Core().compile_model("model.onnx", "CPU")): '
               "bf16 on CPUs with AMX or AVX-512 BF16", _openvino_default),
     Yardstick("pytorch-bf16", "pytorch", "PyTorch eager under torch.autocast(bfloat16)", _pytorch("bf16", False)),
+    Yardstick("pytorch-fp16", "pytorch", "PyTorch eager under torch.autocast(float16): the GPU user's first try",
+              _pytorch("fp16", False)),
     Yardstick("pytorch-compile", "pytorch", "torch.compile (inductor), FP32; compiled during warm-up",
               _pytorch(None, True)),
     Yardstick("pytorch-compile-bf16", "pytorch", "torch.compile (inductor) under torch.autocast(bfloat16)",
@@ -78,10 +80,13 @@ def check_names(names: list[str] | tuple[str, ...]) -> list[str]:
 
 def default_names(device: str) -> list[str]:
     """The yardsticks `vitedge tune` times on DEVICE: OpenVINO's free default where OpenVINO runs (CPU),
-    and PyTorch under bf16 autocast where the CPU computes bf16 natively."""
+    PyTorch under bf16 autocast where the CPU computes bf16 natively, PyTorch under fp16 autocast on
+    a CUDA GPU."""
     from vitedge.backends import get_backend
     from vitedge.envinfo import cpu_info
 
+    if device.startswith("cuda"):
+        return ["pytorch-fp16"]
     if device != "cpu":
         return []
     names = []
