@@ -23,12 +23,15 @@ VNNI_ONLY = DeviceFacts("Xeon", ("AVX-512", "AVX-512 VNNI", "AVX-512 BF16"), bf1
 def test_amx_variants_are_planned_on_amx_and_skipped_with_the_reason_elsewhere() -> None:
     bases = plan_candidates(["openvino", "onnxruntime"], ["fp32", "bf16", "int8"], calib=True, device=AMX)
     variants = {v.name: v for v in amx_variants(bases, AMX)}
-    assert set(variants) == {"openvino-int8-amx", "openvino-bf16-static"}
-    assert variants["openvino-int8-amx"].extra == {"attention": "float", "float_precision": "bf16", "shapes": "static"}
+    assert set(variants) == {"openvino-int8-amx", "openvino-int8-amx-asym", "openvino-bf16-static"}
+    assert variants["openvino-int8-amx"].extra == {"attention": "float", "float_precision": "bf16", "shapes": "static",
+                                                   "activations": "symmetric"}
+    assert variants["openvino-int8-amx-asym"].extra == {**variants["openvino-int8-amx"].extra,
+                                                        "activations": "asymmetric"}
     assert variants["openvino-int8-amx"].base == "openvino-int8" and variants["openvino-int8-amx"].status == "planned"
     assert variants["openvino-bf16-static"].extra == {"shapes": "static"}
     elsewhere = amx_variants(plan_candidates(["openvino"], ["int8"], calib=True, device=VNNI_ONLY), VNNI_ONLY)
-    assert [v.status for v in elsewhere] == ["skipped"] and "no AMX-INT8" in elsewhere[0].reason
+    assert [v.status for v in elsewhere] == ["skipped", "skipped"] and "no AMX-INT8" in elsewhere[0].reason
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,8 @@ def amx_artifact(demo_export: Path, digits_calib: Path, tmp_path_factory: pytest
 
     out = tmp_path_factory.mktemp("amx") / "openvino-int8-amx"
     compile_artifact(demo_export, out, target="openvino", precision="int8", calib=digits_calib, calib_size=64,
-                     extra={"attention": "float", "float_precision": "bf16", "shapes": "static"})
+                     extra={"attention": "float", "float_precision": "bf16", "shapes": "static",
+                            "activations": "symmetric"})
     return out
 
 
@@ -60,7 +64,28 @@ def test_attention_float_keeps_the_activation_matmuls_out_of_nncf_and_records_it
         assert "FakeQuantize" not in feeding, (name, feeding)
     # the runtime graph's node count by op type and precision is recorded, and the FCs ran INT8
     counts = manifest["artifact"]["nodes_by_precision"]
-    assert counts["FullyConnected"].get("int8", 0) >= 1
+    assert sum(counts.get(t, {}).get("int8", 0) for t in ("FullyConnected", "FullyConnectedQuantizedLegacy")) >= 1
+
+
+def test_symmetric_activations_put_every_activation_quantizer_around_zero(amx_artifact: Path) -> None:
+    """--activations symmetric (NNCF's PERFORMANCE preset): no activation FakeQuantize has a zero
+    point, so OpenVINO's INT8 GEMMs skip the zero-point compensation."""
+    import openvino as ov
+
+    manifest = json.loads((amx_artifact / "vitedge.json").read_text())
+    assert manifest["artifact"]["activations"] == "symmetric"
+    model = ov.Core().read_model(str(amx_artifact / "model.xml"))
+    checked = 0
+    for op in model.get_ops():
+        if op.get_type_name() != "FakeQuantize" or op.input_value(0).get_node().get_type_name() == "Constant":
+            continue  # weights are symmetric per channel either way
+        low, high = (op.input_value(i).get_node().get_data().astype(np.float64) for i in (1, 2))
+        levels = op.get_levels()
+        unsigned = np.all(low == 0)
+        signed = np.allclose(-low * (levels / 2 - 1) / (levels / 2), high, rtol=1e-5)
+        assert unsigned or signed, (op.get_friendly_name(), low.ravel()[:3], high.ravel()[:3])
+        checked += 1
+    assert checked >= 4
 
 
 def test_static_shapes_compile_once_per_batch_size_and_match_dynamic(amx_artifact: Path, demo_val_tensors) -> None:
@@ -131,7 +156,7 @@ def test_perf_profile_sums_openvino_counters_by_node_type_and_kernel(amx_artifac
     rows = perf_profile(amx_artifact / "model.xml", manifest["runtime"]["properties"], batch=2, iters=3,
                         static=True)
     kinds = {r["node_type"] for r in rows}
-    assert "FullyConnected" in kinds
+    assert kinds & {"FullyConnected", "FullyConnectedQuantizedLegacy"}  # the latter: symmetric INT8 GEMMs
     assert all(r["ms"] >= 0 and r["nodes"] >= 1 for r in rows)
     assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
 

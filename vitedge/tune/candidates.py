@@ -183,29 +183,37 @@ def throughput_variants(candidates: list[Candidate], batches: Sequence[int]) -> 
     return variants
 
 
-AMX_INT8 = {"attention": "float", "float_precision": "bf16", "shapes": "static"}
+AMX_INT8 = {"attention": "float", "float_precision": "bf16", "shapes": "static", "activations": "symmetric"}
+AMX_INT8_ASYM = {**AMX_INT8, "activations": "asymmetric"}
 
 
 def amx_variants(candidates: list[Candidate], device: DeviceFacts) -> list[Candidate]:
     """OpenVINO candidates shaped for CPUs with AMX (docs/performance.md, "AMX"): INT8 GEMMs with
-    attention and the float remainder in bf16 and static shapes, and bf16 with static shapes.
-    Skipped with the reason on a CPU without AMX-INT8 / bf16 arithmetic."""
+    attention and the float remainder in bf16 and static shapes, with symmetric activations (the
+    fast INT8 GEMM kernel) and with NNCF's asymmetric ones (in case the coarser symmetric grid fails
+    a gate), and bf16 with static shapes. Skipped with the reason on a CPU without AMX-INT8 / bf16
+    arithmetic."""
     variants = []
     amx = "AMX-INT8" in device.isa and device.bf16
     for base in candidates:
         if base.target != "openvino" or base.status != "planned" or base.precision not in ("int8", "bf16"):
             continue
         if base.precision == "int8":
-            variant = Candidate(f"{base.name}-amx", base.target, "int8", {**base.extra, **AMX_INT8},
-                                "INT8 GEMMs (AMX-INT8) with attention, LayerNorm, GELU and residuals in bf16 "
-                                "(AMX-BF16) and static shapes per batch size", base=base.name)
+            planned = [
+                Candidate(f"{base.name}-amx", base.target, "int8", {**base.extra, **AMX_INT8},
+                          "INT8 GEMMs (AMX-INT8, symmetric activations) with attention, LayerNorm, GELU and "
+                          "residuals in bf16 (AMX-BF16) and static shapes per batch size", base=base.name),
+                Candidate(f"{base.name}-amx-asym", base.target, "int8", {**base.extra, **AMX_INT8_ASYM},
+                          "as -amx with NNCF's asymmetric activations (zero points: finer grid, slower GEMMs)",
+                          base=base.name)]
         else:
-            variant = Candidate(f"{base.name}-static", base.target, "bf16", {**base.extra, "shapes": "static"},
-                                "bf16 with static shapes per batch size", base=base.name)
-        if not amx:
-            variant.status, variant.reason = "skipped", (
-                "this CPU has no AMX-INT8 with bf16 arithmetic: the AMX variants are for Xeons with AMX")
-        variants.append(variant)
+            planned = [Candidate(f"{base.name}-static", base.target, "bf16", {**base.extra, "shapes": "static"},
+                                 "bf16 with static shapes per batch size", base=base.name)]
+        for variant in planned:
+            if not amx:
+                variant.status, variant.reason = "skipped", (
+                    "this CPU has no AMX-INT8 with bf16 arithmetic: the AMX variants are for Xeons with AMX")
+            variants.append(variant)
     return variants
 
 
