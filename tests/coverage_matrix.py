@@ -134,17 +134,13 @@ CASES: tuple[Case, ...] = (
     Case("demo", "demo", "ViT (timm VisionTransformer, trained)", _demo),
     Case("timm_vit", "timm", "ViT (timm test_vit)", _timm_test_vit),
     Case("torchvision_vit", "torchvision", "ViT-B/16 (torchvision, 32 px)", _torchvision_vit, slow=True),
-    Case("factory_beit", "factory", "BEiT (timm, reduced)", _factory("beit"), export_failures={"dynamo": _SDPA_VIEW},
-         # TensorRT-RTX 1.7 (engines built on CPU): "CHECK_EQ(lhs_scale->type(), rhs_scale->type())
-         # failed ... type mismatch between matmul operand scales" on the INT8 plan
-         compile_failures={("tensorrt", "int8"): "TensorRT-RTX could not build the engine"}),
+    Case("factory_beit", "factory", "BEiT (timm, reduced)", _factory("beit"), export_failures={"dynamo": _SDPA_VIEW}),
     Case("factory_torchvision_swin", "factory", "Swin (torchvision, reduced)", _factory("torchvision_swin")),
     Case("hf_vit", "hf", "ViT (transformers)", _hf("vit")),
     Case("hf_deit_distilled", "hf", "DeiT distilled (transformers, resize 37 -> crop 32)", _hf("deit_distilled")),
     Case("hf_swin", "hf", "Swin (transformers)", _hf("swin"), export_failures={"dynamo": _SDPA_VIEW}),
     Case("hf_beit", "hf", "BEiT (transformers)", _hf("beit"), export_failures={"dynamo": _SDPA_VIEW}),
-    Case("hf_mobilevit", "hf", "MobileViT (transformers, shortest edge 36 -> crop 32, BGR)", _hf("mobilevit"),
-         compile_failures={("tensorrt", "int8"): "TensorRT-RTX could not build the engine"}),  # as BEiT
+    Case("hf_mobilevit", "hf", "MobileViT (transformers, shortest edge 36 -> crop 32, BGR)", _hf("mobilevit")),
     Case("pt2", "pt2", "ViT (timm test_vit, torch.export program)", _pt2),
     Case("torchscript", "torchscript", "ViT (timm test_vit, TorchScript trace)", _torchscript),
 )

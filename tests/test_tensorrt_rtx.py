@@ -223,3 +223,51 @@ def test_doctor_lists_both_libraries(cli) -> None:
         assert not libraries["tensorrt-rtx"]["runs_engines_here"] and tensorrt["driver_gpus"] == []
     r = cli("doctor")
     assert "engine library tensorrt-rtx" in r.out and "compile --engine-lib auto uses it" in r.out
+
+
+def _head_below_fp16_normals() -> onnx.ModelProto:
+    """x -> Q/DQ (activation scale 0.02) -> Gemm with Q/DQ'd weights whose per-channel scales are
+    below FP16's normal range (1e-6: a classifier head initialised near zero, as timm BEiT's is)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "x_scale"),
+             numpy_helper.from_array(np.array(0, np.int8), "x_zp"),
+             numpy_helper.from_array(rng.integers(-127, 128, (10, 64)).astype(np.int8), "w_q"),
+             numpy_helper.from_array(np.full(10, 1e-6, np.float32), "w_scale"),
+             numpy_helper.from_array(np.zeros(10, np.int8), "w_zp"),
+             numpy_helper.from_array(np.zeros(10, np.float32), "bias")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"], name="q_x"),
+             helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"], name="dq_x"),
+             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["wd"], name="dq_w", axis=0),
+             helper.make_node("Gemm", ["xd", "wd", "bias"], ["y"], name="head", transB=1)]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+
+
+def test_matmul_operands_get_one_scale_type_and_the_engine_builds(tmp_path: Path) -> None:
+    """The FP16 conversion keeps a weight DQ FP32 when its scale is below FP16's normals; the
+    activation DQ of the same Gemm must then be FP32 too, or TensorRT-RTX refuses the network
+    ("type mismatch between matmul operand scales": timm BEiT and transformers MobileViT did)."""
+    from onnx import TensorProto
+
+    from vitedge.backends.tensorrt.engine import build_engine
+    from vitedge.backends.tensorrt.settings import EngineSettings
+    from vitedge.precision.fp16 import convert_fp16
+
+    converted = convert_fp16(_head_below_fp16_normals(), [])
+    inits = {i.name: i.data_type for i in converted.graph.initializer}
+    dqs = {n.name: n for n in converted.graph.node if n.op_type == "DequantizeLinear"}
+    assert inits[dqs["dq_w"].input[1]] == TensorProto.FLOAT  # subnormal in FP16: kept FP32
+    assert inits[dqs["dq_x"].input[1]] == TensorProto.FLOAT  # paired with it
+    head = next(n for n in converted.graph.node if n.name == "head")
+    producers = {o: n for n in converted.graph.node for o in n.output}
+    assert [producers[t].op_type for t in head.input[:2]] == ["Cast", "Cast"]  # the Gemm itself runs FP16
+    path = tmp_path / "head.onnx"
+    onnx.save(converted, str(path))
+    settings = EngineSettings(input_name="x", chw=(64, 1, 1), profile=None, fixed_batch=2, workspace_mib=None,
+                              opt_level=None, timing_cache=None, hardware_compat="none", version_compatible=False)
+    record = build_engine(path, tmp_path / "head.engine", settings, library=libs.RTX, archs=["8.6"])
+    assert (tmp_path / "head.engine").stat().st_size == record["engine"]["bytes"] > 0

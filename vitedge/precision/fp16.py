@@ -267,6 +267,23 @@ class _Converter:
             for node in self.graph.node:
                 if node.op_type == op and node.name not in keep_fp32 and self._follower_is_fp16(node):
                     self.low.add(node.name)
+            if op == "DequantizeLinear":  # before the Q pass: a Q follows its DQs
+                self._pair_operand_scales()
+
+    def _pair_operand_scales(self) -> None:
+        """The two dequantized operands of a MatMul, Gemm or Conv get scales of one float type:
+        TensorRT's strongly typed builder refuses a mix ("type mismatch between matmul operand
+        scales", TensorRT-RTX 1.7), which an FP32-kept weight scale (below FP16's normal range,
+        e.g. a classifier head initialised near zero) next to an FP16 activation scale makes.
+        Both DQs then stay FP32 and the consumer casts their outputs."""
+        producers = {out: n for n in self.graph.node for out in n.output}
+        for node in self.graph.node:
+            if node.op_type not in ("MatMul", "Gemm", "Conv", "ConvTranspose"):
+                continue
+            dqs = [producers.get(t) for t in node.input[:2]]
+            if len(dqs) == 2 and all(d is not None and d.op_type == "DequantizeLinear" for d in dqs) \
+                    and (dqs[0].name in self.low) != (dqs[1].name in self.low):
+                self.low.difference_update(d.name for d in dqs)
 
     def want(self, node: onnx.NodeProto, index: int) -> int | None:
         """The dtype NODE needs at input INDEX (None: not a float input it cares about)."""
